@@ -1,0 +1,104 @@
+"""The protocol interface: what a worker trains in a round, and what is communicated.
+
+A protocol owns no loop, no launching and no environment reads; ``suite.train`` runs
+the one training loop for all of them and calls these hooks:
+
+    setup(model, comm, make_optimizer)          once, after rank 0's weights are broadcast
+    for each round r:
+        work = begin_round(r)                   module + optimizer this worker trains now
+        ℓ times: forward, backward, after_backward(work), optimizer step
+        end_round(r, work)                      aggregation
+    eval_model()                                the full global model for evaluation
+
+All communication goes through ``Comm``, which counts bytes and time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from suite.dist import Comm
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class Work:
+    """What a worker trains during a round."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass(frozen=True)
+class ProblemInfo:
+    """What ``supports`` may look at: the built model and the data set's shape."""
+
+    model: nn.Module
+    data_name: str
+    num_train: int
+    batch_size: int
+    sharding: str
+
+
+class Protocol(ABC):
+    """Base class; subclasses set ``name`` and ``Config`` and register themselves."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.comm: Comm
+        self.model: nn.Module
+        self.work: Work
+
+    @classmethod
+    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+        """Why this setting cannot run (a message naming the valid choices), or None."""
+        return None
+
+    @property
+    def local_steps(self) -> int:
+        """ℓ: optimizer steps per round."""
+        return int(getattr(self.cfg, "local_steps", 1))
+
+    def setup(self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory) -> None:
+        """Take the (already synchronised) model; by default a full replica with one optimizer."""
+        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
+        self.work = Work(model, make_optimizer(model.parameters()))
+
+    def begin_round(self, r: int) -> Work:
+        """The module and optimizer this worker trains in round ``r`` (default: the replica)."""
+        return self.work
+
+    def after_backward(self, work: Work) -> None:
+        """Gradient synchronisation point; a no-op unless the protocol syncs gradients."""
+
+    def end_round(self, r: int, work: Work) -> None:
+        """Aggregation at the end of round ``r``."""
+
+    def eval_model(self) -> nn.Module:
+        """The full global model, as a user would deploy it."""
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, beyond the model's own weights."""
+        return {"optimizer": self.work.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.work.optimizer.load_state_dict(state["optimizer"])
+
+
+def float_state(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters and floating-point buffers (BN running stats): the model's trained state."""
+    tensors = [p.data for p in module.parameters()]
+    tensors += [b for b in module.buffers() if b.is_floating_point()]
+    return tensors

@@ -1,0 +1,36 @@
+"""Data parallel: gradients averaged across workers after every backward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from protocols.base import Protocol, Work
+
+
+class DDP(Protocol):
+    """Synchronous data parallel SGD (every-step gradient all-reduce).
+
+    Each worker computes the gradient of its own mini-batch; the gradients are averaged
+    with one all-reduce of a flat fp32 buffer, so every replica takes the same step and
+    the replicas never drift. Equivalent to ``torch.nn.parallel.DistributedDataParallel``
+    (which the tests check) and, on disjoint shards, to one worker with an N× batch.
+    Per step, summed over S workers: 2·S·|θ|·4 bytes (paper convention).
+    BN running statistics stay per worker, as in torch DDP; rank 0 evaluates.
+    """
+
+    name = "ddp"
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "ddp"
+
+    def after_backward(self, work: Work) -> None:
+        grads = []
+        for p in work.module.parameters():
+            if p.requires_grad:
+                if p.grad is None:  # an unused parameter still takes part in the average
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
+        self.comm.all_reduce_mean_(grads)

@@ -1,0 +1,1 @@
+"""Hydra config groups (a package so that configs can be composed by module)."""

@@ -1,0 +1,200 @@
+"""Typed configuration: Hydra's ``DictConfig`` stops at ``suite.run``; code below it sees these.
+
+Each component gets only its own part (``ModelConfig`` for the model, ...). The
+protocol's knobs are parsed by the protocol's own frozen ``Config`` dataclass, looked up
+in the registry by ``protocol.name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; raised before any worker process starts."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shared model. ``width`` multiplies the 64/128/256/512 channel widths."""
+
+    name: str = "preact_resnet"
+    depth: int = 101
+    width: float = 0.125
+    bn: str = "batch"  # "batch": batch statistics always (ResIST code), "running" or "none"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set, its sharding across workers and batch sizes (per worker)."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    sharding: str = "disjoint"  # "disjoint" (DistributedSampler) or "full" (ResIST code)
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    augment: bool = True
+    # Only for name=synthetic (random tensors, for throughput work):
+    num_train: int = 2048
+    num_test: int = 512
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with a learning-rate schedule over the whole training budget."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"  # "step", "cosine" or "constant"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the budget (step schedule)
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The budget, identical in meaning for every protocol.
+
+    ``data_epochs`` counts training samples processed by all workers together, in units
+    of the training-set size: 160 data-epochs at 4 workers is 40 epochs per worker.
+    """
+
+    data_epochs: float = 6.0
+    eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How worker processes are started; none of this changes results."""
+
+    device: str = "auto"  # "auto" (cuda if present), "cpu" or "cuda"
+    threads: int = 0  # intra-op threads per worker; 0: cores // workers
+    timeout_s: float = 1800.0  # collective timeout (a hang guard; crashes are caught sooner)
+    progress: bool = True  # tqdm on an interactive terminal
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a protocol on a model and data set with a number of workers and a seed."""
+
+    protocol: Any = None  # the protocol's own frozen Config dataclass
+    workers: int = 2
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launcher: LaunchConfig = field(default_factory=LaunchConfig)
+    results_dir: str = "results"
+    force: bool = False
+
+    @property
+    def protocol_name(self) -> str:
+        return str(self.protocol.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict (the protocol's name included)."""
+        d = dataclasses.asdict(self)
+        d["protocol"] = {"name": self.protocol_name, **dataclasses.asdict(self.protocol)}
+        return d
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """Everything that can change a result; where results go and how we launch do not."""
+        d = self.to_dict()
+        for key in ("results_dir", "force", "launcher"):
+            d.pop(key)
+        d["device"] = self.launcher.device
+        return d
+
+    def run_name(self) -> str:
+        """Folder name: readable prefix plus a hash of the semantic config."""
+        digest = hashlib.sha256(
+            json.dumps(self.semantic_dict(), sort_keys=True).encode()
+        ).hexdigest()[:10]
+        return (
+            f"{self.data.name}-{self.model.name}{self.model.depth}-{self.protocol_name}"
+            f"-w{self.workers}-s{self.seed}-{digest}"
+        )
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
+    """Build a (nested) dataclass from a plain dict, refusing unknown keys by name."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {names}"
+        )
+    kwargs = {}
+    for name, raw in values.items():
+        kwargs[name] = _coerce(hints[name], raw, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, raw: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+        return from_dict(tp, raw, where)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if raw is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, raw, where)
+    if origin is tuple:
+        if not isinstance(raw, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {raw!r}")
+        (inner, _) = typing.get_args(tp)
+        return tuple(_coerce(inner, v, where) for v in raw)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if raw not in choices:
+            raise ConfigError(f"{where}={raw!r} is not valid; choose one of {list(choices)}")
+        return raw
+    if tp is Any:
+        return raw
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where} must be true or false, got {raw!r}")
+        return raw
+    if tp in (int, float, str):
+        if isinstance(raw, bool) or (tp is int and isinstance(raw, float)):
+            raise ConfigError(f"{where} must be {tp.__name__}, got {raw!r}")
+        try:
+            return tp(raw)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where} must be {tp.__name__}, got {raw!r}") from err
+    return raw
+
+
+def parse_run_config(values: dict[str, Any]) -> RunConfig:
+    """A resolved config dict (Hydra's, minus ``hydra``) → :class:`RunConfig`."""
+    import protocols  # lazily: protocols import this module
+
+    values = dict(values)
+    values.pop("hydra", None)
+    proto = values.pop("protocol", None)
+    if not isinstance(proto, dict):
+        raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {sorted(protocols.REGISTRY)}")
+    cfg = from_dict(RunConfig, values)
+    return dataclasses.replace(cfg, protocol=protocols.parse_config(proto))

@@ -1,0 +1,140 @@
+"""Process-group set-up and teardown, and ``Comm``: the collectives protocols use.
+
+``Comm`` counts bytes and times every collective a protocol issues, so communication
+is accounted in one place, identically for every protocol. Two byte counts are kept:
+
+- ``bytes_payload``: bytes of tensor data this rank handed to collectives (exact).
+- ``bytes_paper``: what this rank sends plus receives under the papers' convention
+  (an all-reduce of b bytes = send b + receive b; fp32 as it is here). Summed over
+  ranks this gives e.g. local SGD's 2·S·|θ|·4 bytes per round.
+
+Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and
+are not counted: they are instrumentation, not part of any protocol. A ``Comm`` with
+world size 1 performs no collectives at all, which keeps unit tests trivial.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where ranks meet: a TCP store, or the environment (torchrun / submitit export)."""
+
+    rank: int
+    world_size: int
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: read MASTER_ADDR/MASTER_PORT from the environment (env://)
+
+
+def pick_device(device: str, local_rank: int) -> torch.device:
+    """``auto`` picks CUDA when present (one GPU per rank, round robin), else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("launcher.device=cuda but no CUDA device is visible")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_process_group(rdv: Rendezvous, device: torch.device, timeout_s: float) -> None:
+    """Join the run's process group: NCCL on GPUs, gloo otherwise."""
+    if rdv.world_size == 1:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=timeout_s)
+    if rdv.port:
+        store = dist.TCPStore(rdv.host, rdv.port, is_master=False, timeout=timeout)
+        dist.init_process_group(
+            backend, store=store, rank=rdv.rank, world_size=rdv.world_size, timeout=timeout
+        )
+    else:
+        dist.init_process_group(
+            backend, init_method="env://", rank=rdv.rank, world_size=rdv.world_size,
+            timeout=timeout,
+        )
+
+
+def destroy_process_group() -> None:
+    """Tear the group down if one exists (safe to call on any path)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def env_rendezvous() -> Rendezvous | None:
+    """Ranks from torchrun / submitit's exported environment, if present."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        return Rendezvous(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    return None
+
+
+class Comm:
+    """Collectives over the run's process group, with byte and time accounting."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.bytes_payload = 0
+        self.bytes_paper = 0
+        self.seconds = 0.0
+        self.calls = 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _timed(self, fn, nbytes: int, paper_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        self._sync()
+        start = time.perf_counter()
+        fn()
+        self._sync()
+        self.seconds += time.perf_counter() - start
+        self.bytes_payload += nbytes
+        self.bytes_paper += paper_bytes
+        self.calls += 1
+
+    def all_reduce_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average tensors across ranks in place, as one flat buffer (one collective)."""
+        if self.world_size == 1 or not tensors:
+            return
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        nbytes = flat.numel() * flat.element_size()
+        self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes)
+        flat.div_(self.world_size)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.detach().copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    def broadcast_(self, tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+        """Make every rank's tensors equal to ``src``'s. Uncounted: used for set-up only."""
+        if self.world_size == 1:
+            return
+        tensors = list(tensors)
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for t in tensors:
+            t.detach().copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def reduce_stats(self, values: Sequence[float], op: str = "sum") -> list[float]:
+        """Sum or max of a few numbers over ranks, for measurement only (not counted)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return [float(v) for v in t.tolist()]
+
+    def barrier(self) -> None:
+        """Wait for every rank (not counted)."""
+        if self.world_size > 1:
+            dist.barrier()

@@ -1,0 +1,251 @@
+"""All launching in one place: validate, prepare the run folder, start the workers.
+
+Locally a run is ``workers`` real processes (spawned; gloo on CPU, NCCL on GPUs) that
+meet at a TCP store owned by this process on a free port. The launcher watches them:
+the first worker to fail (exception, kill -9, out of memory) makes it stop the others at
+once and mark the run ``failed`` with that worker's error, so a crash never hangs.
+When a scheduler already started one task per rank (torchrun, or submitit with
+``tasks_per_node=workers``), each task runs its rank directly.
+The training code does not know which path started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import protocols
+from suite.config import ConfigError, RunConfig
+from suite.data import load_dataset
+from suite.models.resnet import BN_MODES
+from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
+from suite.record import RunDir, environment
+from suite.train import build, problem_info, train
+
+log = logging.getLogger("suite")
+
+SCHEDULES = ("step", "cosine", "constant")
+MAX_WORKERS = 1024
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse a configuration that cannot run, naming the problem and the valid choices."""
+    if not isinstance(cfg.workers, int) or not 1 <= cfg.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be an integer in 1..{MAX_WORKERS}, got {cfg.workers!r}")
+    if cfg.data.sharding not in ("disjoint", "full"):
+        raise ConfigError(f"data.sharding={cfg.data.sharding!r}; valid: disjoint, full")
+    if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
+        raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+    if cfg.optim.name != "sgd":
+        raise ConfigError(f"optim.name={cfg.optim.name!r}; valid: sgd")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if cfg.model.bn not in BN_MODES:
+        raise ConfigError(f"model.bn={cfg.model.bn!r}; valid: {', '.join(BN_MODES)}")
+    if cfg.train.data_epochs <= 0 or cfg.train.eval_every <= 0:
+        raise ConfigError("train.data_epochs and train.eval_every must be > 0")
+    if cfg.launcher.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"launcher.device={cfg.launcher.device!r}; valid: auto, cpu, cuda")
+    if cfg.launcher.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("launcher.device=cuda but no CUDA device is visible; use auto or cpu")
+    uses_cuda = cfg.launcher.device == "cuda" or (
+        cfg.launcher.device == "auto" and torch.cuda.is_available()
+    )
+    if uses_cuda and cfg.workers > torch.cuda.device_count() and _local_spawn(cfg):
+        raise ConfigError(
+            f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
+            "needs one GPU per rank; use fewer workers or launcher.device=cpu"
+        )
+    ds = load_dataset(cfg.data)  # a missing or corrupt data set fails here, not in a worker
+    per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train
+    if per_worker < cfg.data.batch_size:
+        raise ConfigError(
+            f"workers={cfg.workers} with data.batch_size={cfg.data.batch_size} leaves each worker "
+            f"{per_worker} of {cfg.data.name}'s {ds.num_train} training samples, less than one "
+            "batch; use fewer workers, a smaller batch, or data.sharding=full"
+        )
+    model = build(cfg, ds, torch.device("cpu"))
+    reason = protocols.get(cfg.protocol_name).supports(
+        cfg.protocol, problem_info(cfg, ds, model), cfg.workers
+    )
+    if reason:
+        raise ConfigError(reason)
+
+
+def _local_spawn(cfg: RunConfig) -> bool:
+    return _scheduler_rank() is None
+
+
+def _scheduler_rank() -> Rendezvous | None:
+    """A rank given by a scheduler that started one task per worker (submitit / SLURM)."""
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return None
+    if env.num_tasks <= 1:
+        return None
+    dist_env = submitit.helpers.TorchDistributedEnvironment()
+    dist_env.export(set_cuda_visible_devices=torch.cuda.is_available(), overwrite=True)
+    return Rendezvous(dist_env.rank, dist_env.world_size)
+
+
+def execute(cfg: RunConfig) -> dict[str, Any]:
+    """Run one configuration (or skip it if already completed); return its summary."""
+    validate(cfg)
+    run = RunDir(Path(cfg.results_dir).resolve() / cfg.run_name())
+    if run.is_complete() and not cfg.force:
+        summary = run.read_summary() or {}
+        log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
+        print(f"[skip] {run.path} already completed")
+        return {**summary, "skipped": True, "run_dir": str(run.path)}
+    rdv = _scheduler_rank()
+    if rdv is not None:  # one task per rank: run our rank here
+        if rdv.rank == 0:
+            _prepare(cfg, run)
+        worker(rdv, cfg, str(run.path))
+        summary = run.read_summary() or {}
+    else:
+        _prepare(cfg, run)
+        summary = spawn_local(cfg, run)
+    _print_summary(run, summary)
+    return {**summary, "run_dir": str(run.path)}
+
+
+def _prepare(cfg: RunConfig, run: RunDir) -> None:
+    run.prepare()
+    run.write_config(cfg.to_dict())
+    device = str(pick_device(cfg.launcher.device, 0).type)
+    run.write_env(environment(cfg.workers, device, _threads(cfg)))
+
+
+def _threads(cfg: RunConfig) -> int:
+    if cfg.launcher.threads > 0:
+        return cfg.launcher.threads
+    return max(1, (os.cpu_count() or 1) // cfg.workers)
+
+
+def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
+    """One rank: join the group, train, always tear down; an error is written for the launcher."""
+    run = RunDir(run_path)
+    try:
+        torch.set_num_threads(_threads(cfg))
+        local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
+        device = pick_device(cfg.launcher.device, local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        init_process_group(rdv, device, cfg.launcher.timeout_s)
+        comm = Comm(rdv.rank, rdv.world_size, device)
+        train(cfg, comm, device, run if rdv.rank == 0 else None)
+    except BaseException:
+        (run.path / f"error-rank{rdv.rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        destroy_process_group()
+
+
+def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
+    try:
+        worker(rdv, cfg, run_path)
+    except BaseException:
+        os._exit(1)  # the traceback is in error-rank<r>.txt; skip slow interpreter teardown
+
+
+def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, Any]:
+    """Start ``workers`` processes, watch them, and return the run's summary."""
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_entry,
+            args=(Rendezvous(r, cfg.workers, "127.0.0.1", store.port), cfg, str(run.path)),
+            name=f"rank{r}",
+        )
+        for r in range(cfg.workers)
+    ]
+    started = time.perf_counter()
+    failed: tuple[int, int] | None = None
+    try:
+        for p in procs:
+            p.start()
+        while failed is None and any(p.exitcode is None for p in procs):
+            for rank, p in enumerate(procs):
+                if p.exitcode not in (None, 0):
+                    failed = (rank, int(p.exitcode or 0))
+                    break
+            time.sleep(poll_s)
+        if failed is None:
+            failed = next(((r, p.exitcode) for r, p in enumerate(procs) if p.exitcode), None)  # type: ignore[misc]
+    except KeyboardInterrupt:
+        failed = (-1, -int(signal.SIGINT))
+    finally:
+        _stop(procs)
+        del store
+    wall = time.perf_counter() - started
+    summary = run.read_summary()
+    if failed is None and summary is not None:
+        return {**summary, "wall_s": wall}
+    summary = {
+        "status": "failed",
+        "protocol": cfg.protocol_name,
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "error": _describe_failure(run, failed),
+        "wall_s": wall,
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def _stop(procs: list[Any], grace_s: float = 3.0) -> None:
+    """Terminate every live worker; kill what does not exit within the grace period."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _describe_failure(run: RunDir, failed: tuple[int, int] | None) -> str:
+    errors = run.error_files()
+    if errors:
+        first = errors[0]
+        text = first.read_text().strip().splitlines()
+        return f"{first.stem}: {text[-1] if text else 'unknown error'} (traceback in {first.name})"
+    if failed is None:
+        return "workers exited without writing a summary"
+    rank, code = failed
+    if rank < 0:
+        return "interrupted by the user"
+    if code < 0:
+        name = signal.Signals(-code).name
+        return f"rank {rank} was killed by {name} (signal {-code}); out of memory or killed externally"
+    return f"rank {rank} exited with code {code}"
+
+
+def _print_summary(run: RunDir, s: dict[str, Any]) -> None:
+    if s.get("status") == "completed" or s.get("status") == "diverged":
+        acc = s.get("final_test_acc")
+        print(
+            f"[{s['status']}] {s.get('protocol')} workers={s.get('workers')} seed={s.get('seed')}: "
+            f"test acc {acc if acc is None else f'{acc:.4f}'}, train {s.get('train_s', 0):.1f}s "
+            f"(comm {s.get('comm_s', 0):.1f}s), {s.get('bytes', 0) / 1e9:.4f} GB communicated, "
+            f"wall {s.get('wall_s', 0):.1f}s -> {run.path}"
+        )
+    else:
+        print(f"[{s.get('status')}] {run.path}: {s.get('error')}")

@@ -1,0 +1,20 @@
+"""The shared model family: every protocol trains these same networks."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from suite.config import ModelConfig
+from suite.models.resnet import DEPTHS, PreActBlock, PreActResNet, preact_resnet
+
+__all__ = ["DEPTHS", "MODELS", "PreActBlock", "PreActResNet", "build_model"]
+
+#: Registered model names (the ``model.name`` key).
+MODELS = ("preact_resnet",)
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """Build the configured model for a data set's channel count and class count."""
+    if cfg.name == "preact_resnet":
+        return preact_resnet(cfg.depth, num_classes, in_channels, cfg.width, cfg.bn)
+    raise ValueError(f"unknown model {cfg.name!r}; valid: {', '.join(MODELS)}")

@@ -1,0 +1,169 @@
+"""One folder per run: ``config.yaml``, ``env.json``, ``metrics.jsonl``, ``summary.json``.
+
+``summary.json`` is written last and atomically (temporary file, fsync, rename): its
+presence with ``status: completed`` marks a finished run that re-runs skip.
+``metrics.jsonl`` gets one JSON object per evaluation, flushed and fsynced as written,
+so rows already written survive any crash. Non-finite numbers become ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+METRIC_COLUMNS = (
+    "round",
+    "step",
+    "epoch",
+    "train_s",
+    "compute_s",
+    "comm_s",
+    "bytes",
+    "bytes_payload",
+    "lr",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so readers see the old content or the new, never a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """The folder of one run and the files in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.env = self.path / "env.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.summary = self.path / "summary.json"
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """The summary, or None when absent or unreadable."""
+        try:
+            return dict(json.loads(self.summary.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def is_complete(self) -> bool:
+        summary = self.read_summary()
+        return summary is not None and summary.get("status") == "completed"
+
+    def prepare(self) -> None:
+        """Create the folder; an earlier unfinished or failed attempt is moved aside, not lost."""
+        if self.path.exists() and any(self.path.iterdir()):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            shutil.move(str(self.path), str(self.path.with_name(f"{self.path.name}.old-{stamp}")))
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.config, yaml.safe_dump(_clean(config), sort_keys=False))
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        atomic_write_text(self.env, json.dumps(_clean(env), indent=2) + "\n")
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(_clean(row)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.summary, json.dumps(_clean(summary), indent=2) + "\n")
+
+    def error_files(self) -> list[Path]:
+        return sorted(self.path.glob("error-rank*.txt"))
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
+    """Provenance of a run: code version, library versions, hardware, world size."""
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "git_sha": sha,
+        "git_dirty": bool(status) if status is not None else None,
+        "python": sys.version.split()[0],
+        "versions": {
+            name: _version(name)
+            for name in ("commbench", "torch", "torchvision", "hydra-core", "submitit", "numpy")
+        },
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "device": device,
+        "world_size": world_size,
+        "threads_per_worker": threads,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,40 @@
+"""``python -m suite.run``: the Hydra application (the only module that sees Hydra).
+
+Examples::
+
+    python -m suite.run                                        # the embedded default
+    python -m suite.run -m protocol=ddp,localsgd workers=2,4,8  # a sweep, 6 runs
+    python -m suite.run protocol=ddp workers=4 data=cifar10 data.root=/data
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from suite.config import ConfigError, parse_run_config
+from suite.launch import execute
+
+log = logging.getLogger("suite")
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Turn the composed config into typed dataclasses and run it."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    try:
+        run_cfg = parse_run_config({str(k): v for k, v in values.items()})
+        return execute(run_cfg)
+    except ConfigError as err:
+        # A clear one-line refusal, before any worker process starts.
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

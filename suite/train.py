@@ -1,0 +1,259 @@
+"""THE training loop, identical for every protocol.
+
+Loss, data order, seeding, learning-rate schedule, evaluation cadence and timing are
+the same for all protocols; a protocol only decides what is trained in a round and what
+is communicated (``protocols.base``). The clock covers training only: it stops for
+evaluation, and the reported time is the maximum over ranks (device sync first).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import protocols
+from protocols.base import ProblemInfo
+from suite.config import OptimConfig, RunConfig
+from suite.data import ImageDataset, TrainBatches, eval_batches, load_dataset
+from suite.dist import Comm
+from suite.models import build_model
+from suite.record import RunDir
+
+
+@dataclass
+class TrainResult:
+    """What a rank ends with: the run's summary and the final global model."""
+
+    summary: dict[str, Any]
+    model: nn.Module
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps per worker and the evaluation points, from the budget in data-epochs."""
+
+    steps: int
+    samples_per_step: int
+    num_train: int
+    eval_every: float
+
+    @classmethod
+    def of(cls, cfg: RunConfig, num_train: int) -> Budget:
+        per_step = cfg.data.batch_size * cfg.workers
+        steps = max(1, math.ceil(cfg.train.data_epochs * num_train / per_step))
+        return cls(steps, per_step, num_train, cfg.train.eval_every)
+
+    def epoch(self, step: int) -> float:
+        """Data-epochs done after ``step`` steps of every worker."""
+        return step * self.samples_per_step / self.num_train
+
+    def eval_index(self, step: int) -> int:
+        """How many evaluation points lie at or before ``step`` (evaluate when it grows)."""
+        return int(self.epoch(step) / self.eval_every + 1e-9)
+
+
+def make_optimizer_factory(cfg: OptimConfig):  # type: ignore[no-untyped-def]
+    """A function params → optimizer; protocols build optimizers with it."""
+    if cfg.name != "sgd":
+        raise ValueError(f"unknown optimizer {cfg.name!r}; valid: sgd")
+
+    def make(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+
+    return make
+
+
+def learning_rate(cfg: OptimConfig, step: int, total: int) -> float:
+    """The schedule as a function of the global step (so rebuilt optimizers follow it)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "step":
+        passed = sum(step >= m * total for m in cfg.milestones)
+        return float(cfg.lr * cfg.gamma**passed)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: step, cosine, constant")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Mean test loss and accuracy over fixed batches."""
+    was_training = model.training
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        out = model(x)
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    return loss / count, correct / count
+
+
+class Clock:
+    """Accumulated training time; stops while evaluating. Syncs the device when stopping."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.total, self._start = device, 0.0, None  # type: ignore[var-annotated]
+
+    def start(self) -> None:
+        self._start = time.perf_counter()  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self._start is not None:
+            self.total += time.perf_counter() - self._start
+            self._start = None
+
+
+def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemInfo:
+    return ProblemInfo(model, ds.name, ds.num_train, cfg.data.batch_size, cfg.data.sharding)
+
+
+def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
+    """The shared model, seeded identically on every rank."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, ds.in_channels, ds.num_classes).to(device)
+
+
+def train(
+    cfg: RunConfig, comm: Comm, device: torch.device, record: RunDir | None = None
+) -> TrainResult:
+    """Train ``cfg`` on this rank; rank 0 (``record`` given) writes metrics and summary."""
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    ds = load_dataset(cfg.data)
+    model = build(cfg, ds, device)
+    comm.broadcast_(list(model.state_dict().values()))  # identical start (not counted)
+    protocol = protocols.build(cfg.protocol)
+    protocol.setup(model, comm, make_optimizer_factory(cfg.optim))
+    batches = TrainBatches(
+        ds, comm.rank, comm.world_size, cfg.data.batch_size, cfg.data.sharding, cfg.seed,
+        device, cfg.data.augment,
+    )
+    test = eval_batches(ds, cfg.data.eval_batch_size, device) if record is not None else []
+    budget = Budget.of(cfg, ds.num_train)
+    clock = Clock(device)
+    progress = _progress(budget.steps, cfg, record is not None)
+
+    step, rnd, last_eval = 0, 0, 0
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    best_acc = -1.0
+    final: dict[str, Any] = {}
+    status = "completed"
+    clock.start()
+    while step < budget.steps:
+        work = protocol.begin_round(rnd)
+        for _ in range(min(protocol.local_steps, budget.steps - step)):
+            x, y = next(batches)
+            lr = learning_rate(cfg.optim, step, budget.steps)
+            for group in work.optimizer.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(work.module(x), y)
+            work.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            protocol.after_backward(work)
+            work.optimizer.step()
+            loss_sum += loss.detach()
+            loss_count += 1
+            step += 1
+        protocol.end_round(rnd, work)
+        rnd += 1
+        if progress is not None:
+            progress.update(step - progress.n)
+        if budget.eval_index(step) > last_eval or step == budget.steps:
+            clock.stop()
+            last_eval = budget.eval_index(step)
+            row = _measure(comm, clock, loss_sum, loss_count, rnd, step, budget, lr)
+            loss_sum.zero_()
+            loss_count = 0
+            if record is not None:
+                row["test_loss"], row["test_acc"] = evaluate(protocol.eval_model(), test)
+                best_acc = max(best_acc, row["test_acc"])
+                record.append_metrics(row)
+                if progress is not None:
+                    progress.set_postfix(acc=f"{row['test_acc']:.3f}", loss=f"{row['train_loss']:.3f}")
+            final = row
+            comm.barrier()
+            if not math.isfinite(row["train_loss"]):
+                status = "diverged"
+                break
+            clock.start()
+    clock.stop()
+    if progress is not None:
+        progress.close()
+    summary = {
+        "status": status,
+        "protocol": cfg.protocol_name,
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "final_test_acc": final.get("test_acc"),
+        "best_test_acc": best_acc if best_acc >= 0 else None,
+        "final_test_loss": final.get("test_loss"),
+        "train_s": final.get("train_s"),
+        "compute_s": final.get("compute_s"),
+        "comm_s": final.get("comm_s"),
+        "bytes": final.get("bytes"),
+        "bytes_payload": final.get("bytes_payload"),
+        "steps": step,
+        "rounds": rnd,
+        "data_epochs": budget.epoch(step),
+    }
+    if record is not None:
+        record.write_summary(summary)
+    return TrainResult(summary, protocol.eval_model())
+
+
+def _measure(
+    comm: Comm,
+    clock: Clock,
+    loss_sum: torch.Tensor,
+    loss_count: int,
+    rnd: int,
+    step: int,
+    budget: Budget,
+    lr: float,
+) -> dict[str, Any]:
+    """One metrics row, reduced over ranks (measurement collectives are not counted)."""
+    (train_s,) = comm.reduce_stats([clock.total], op="max")
+    rank_s, comm_s, nbytes, payload, losses, count = comm.reduce_stats(
+        [clock.total, comm.seconds, comm.bytes_paper, comm.bytes_payload, float(loss_sum), loss_count]
+    )
+    world = comm.world_size
+    return {
+        "round": rnd,
+        "step": step,
+        "epoch": budget.epoch(step),
+        "train_s": train_s,
+        "compute_s": max(0.0, (rank_s - comm_s) / world),
+        "comm_s": comm_s / world,
+        "bytes": int(nbytes),
+        "bytes_payload": int(payload),
+        "lr": lr,
+        "train_loss": losses / max(count, 1),
+    }
+
+
+def _progress(total: int, cfg: RunConfig, is_rank0: bool):  # type: ignore[no-untyped-def]
+    if not (is_rank0 and cfg.launcher.progress and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"{cfg.protocol_name} w{cfg.workers}", unit="step", leave=False)

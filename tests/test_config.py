@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import protocols
+from suite.config import ConfigError, RunConfig, parse_run_config
+
+CONF = Path(__file__).parent.parent / "suite" / "conf"
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_module(config_module="suite.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    return parse_run_config(values)
+
+
+def test_every_protocol_has_a_config_file_and_vice_versa():
+    assert _options("protocol") == sorted(protocols.REGISTRY)
+
+
+@pytest.mark.parametrize("protocol", _options("protocol"))
+@pytest.mark.parametrize("data", _options("data"))
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_config_composes_into_typed_dataclasses(protocol, data, model):
+    cfg = _compose([f"protocol={protocol}", f"data={data}", f"model={model}"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.protocol_name == protocol and cfg.data.name == data
+    assert cfg.launcher.device == "auto" and cfg.optim.name == "sgd"
+
+
+def test_embedded_default():
+    cfg = _compose([])
+    assert (cfg.protocol_name, cfg.workers, cfg.data.name) == ("ddp", 2, "digits")
+    assert (cfg.model.depth, cfg.model.bn) == (101, "batch")
+
+
+def test_overrides_reach_the_protocol_config():
+    cfg = _compose(["protocol=localsgd", "protocol.local_steps=3", "protocol.optimizer_state=reset"])
+    assert cfg.protocol.local_steps == 3 and cfg.protocol.optimizer_state == "reset"
+
+
+def test_unknown_keys_and_bad_values_are_named():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lr_typo'\] in optim"):
+        _compose(["+optim.lr_typo=1"])
+    with pytest.raises(ConfigError, match="local_steps must be int"):
+        _compose(["protocol=localsgd", "protocol.local_steps=abc"])
+    with pytest.raises(ConfigError, match=r"optimizer_state='sometimes' is not valid; choose one of \['keep', 'average', 'reset'\]"):
+        _compose(["protocol=localsgd", "protocol.optimizer_state=sometimes"])
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'; valid: ddp, localsgd, single"):
+        protocols.parse_config({"name": "nope"})
+
+
+def test_run_name_is_a_stable_hash_of_the_semantic_config():
+    a = _compose([])
+    b = _compose(["results_dir=elsewhere", "force=true", "launcher.threads=1"])
+    c = _compose(["seed=1"])
+    assert a.run_name() == b.run_name() != c.run_name()
+    assert a.run_name().startswith("digits-preact_resnet101-ddp-w2-s0-")

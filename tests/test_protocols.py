@@ -1,0 +1,76 @@
+"""Contract tests over the protocol registry (world size 1: no process group needed)."""
+
+import pytest
+import torch
+
+import protocols
+from helpers import tiny_config
+from protocols.base import ProblemInfo
+from suite.config import DataConfig
+from suite.data import TrainBatches, load_dataset
+from suite.dist import Comm
+from suite.models.resnet import preact_resnet
+from suite.train import make_optimizer_factory, train
+
+CPU = torch.device("cpu")
+NAMES = sorted(protocols.REGISTRY)
+
+
+def _info(model, batch=16):
+    return ProblemInfo(model, "digits", 1437, batch, "disjoint")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_class_contract(name):
+    cls = protocols.REGISTRY[name]
+    assert cls.name == name and cls.__doc__ and len(cls.__doc__.splitlines()) >= 3
+    cfg = protocols.parse_config({"name": name})
+    assert cfg.name == name
+    with pytest.raises(Exception):  # configs are frozen: a run's settings can't drift
+        cfg.name = "x"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_round_and_state_round_trip(name):
+    cfg = protocols.parse_config({"name": name})
+    torch.manual_seed(0)
+    model = preact_resnet(18, 10, in_channels=1, width=1 / 16)
+    assert protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None
+    proto = protocols.build(cfg)
+    proto.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim))
+    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    before = [p.detach().clone() for p in proto.eval_model().parameters()]
+    work = proto.begin_round(0)
+    for _ in range(proto.local_steps):
+        x, y = next(batches)
+        loss = torch.nn.functional.cross_entropy(work.module(x), y)
+        work.optimizer.zero_grad()
+        loss.backward()
+        proto.after_backward(work)
+        work.optimizer.step()
+    proto.end_round(0, work)
+    after = list(proto.eval_model().parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    state = proto.state_dict()
+    fresh = protocols.build(cfg)
+    fresh.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim))
+    fresh.load_state_dict(state)
+    assert str(fresh.state_dict()) == str(state)
+
+
+def test_supports_refuses_impossible_settings():
+    model = preact_resnet(18, 10, width=1 / 16)
+    single = protocols.parse_config({"name": "single"})
+    assert "exactly one worker" in protocols.REGISTRY["single"].supports(single, _info(model), 2)
+    bad = protocols.parse_config({"name": "localsgd", "local_steps": 0})
+    assert "local_steps must be >= 1" in protocols.REGISTRY["localsgd"].supports(bad, _info(model), 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_protocol_at_one_worker_is_plain_training(name):
+    """With one worker nothing is communicated and every protocol is the same SGD."""
+    results = {n: train(tiny_config(n, workers=1), Comm(0, 1, CPU), CPU) for n in ("single", name)}
+    ref, got = results["single"], results[name]
+    assert got.summary["bytes"] == 0 and got.summary["steps"] == ref.summary["steps"]
+    for a, b in zip(ref.model.state_dict().values(), got.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
