@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from protocols.base import Protocol, ProblemInfo, Work
+from protocols.base import ProblemInfo, Protocol, Work
 from protocols.ddp import DDP
 from protocols.localsgd import LocalSGD
 from protocols.single import Single
@@ -37,6 +37,7 @@ def parse_config(values: dict[str, Any]) -> Any:
 
 def build(cfg: Any) -> Protocol:
     """Instantiate the protocol for a parsed Config."""
-    if not dataclasses.is_dataclass(cfg):
+    name = getattr(cfg, "name", None)
+    if not dataclasses.is_dataclass(cfg) or not isinstance(name, str):
         raise TypeError("build() takes a parsed protocol Config")
-    return get(cfg.name)(cfg)
+    return get(name)(cfg)

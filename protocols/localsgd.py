@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+
 from protocols.base import ProblemInfo, Protocol, Work, float_state
 
 

@@ -24,5 +24,8 @@ class Single(Protocol):
     @classmethod
     def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
         if workers != 1:
-            return f"protocol=single trains on exactly one worker; got workers={workers} (set workers=1)"
+            return (
+                f"protocol=single trains on exactly one worker; got workers={workers} "
+                "(set workers=1)"
+            )
         return None

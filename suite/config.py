@@ -195,6 +195,8 @@ def parse_run_config(values: dict[str, Any]) -> RunConfig:
     values.pop("hydra", None)
     proto = values.pop("protocol", None)
     if not isinstance(proto, dict):
-        raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {sorted(protocols.REGISTRY)}")
+        raise ConfigError(
+            f"protocol must be chosen, e.g. protocol=ddp; valid: {sorted(protocols.REGISTRY)}"
+        )
     cfg = from_dict(RunConfig, values)
     return dataclasses.replace(cfg, protocol=protocols.parse_config(proto))

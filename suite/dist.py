@@ -15,11 +15,15 @@ world size 1 performs no collectives at all, which keeps unit tests trivial.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,7 +63,10 @@ def init_process_group(rdv: Rendezvous, device: torch.device, timeout_s: float) 
         )
     else:
         dist.init_process_group(
-            backend, init_method="env://", rank=rdv.rank, world_size=rdv.world_size,
+            backend,
+            init_method="env://",
+            rank=rdv.rank,
+            world_size=rdv.world_size,
             timeout=timeout,
         )
 
@@ -91,7 +98,7 @@ class Comm:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _timed(self, fn, nbytes: int, paper_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def _timed(self, fn: Callable[[], object], nbytes: int, paper_bytes: int) -> None:
         self._sync()
         start = time.perf_counter()
         fn()
@@ -138,3 +145,53 @@ class Comm:
         """Wait for every rank (not counted)."""
         if self.world_size > 1:
             dist.barrier()
+
+
+def _rank_main(
+    fn: Callable[..., Any], rdv: Rendezvous, out: str, threads: int, args: tuple[Any, ...]
+) -> None:
+    torch.set_num_threads(threads)
+    code = 0
+    try:
+        init_process_group(rdv, torch.device("cpu"), 300)
+        result = fn(rdv.rank, Comm(rdv.rank, rdv.world_size, torch.device("cpu")), *args)
+        torch.save(result, f"{out}.rank{rdv.rank}")
+    except BaseException:
+        Path(f"{out}.rank{rdv.rank}.err").write_text(traceback.format_exc())
+        code = 1
+    finally:
+        destroy_process_group()
+    os._exit(code)  # as suite.launch: skip C++ teardown of gloo threads
+
+
+def run_ranks(
+    fn: Callable[..., Any], world: int, tmp: Path, *args: Any, threads: int = 1
+) -> list[Any]:
+    """Run ``fn(rank, comm, *args)`` in ``world`` real gloo processes on CPU; return each
+    rank's (picklable) result. For tests and benchmarks; ``fn`` must be importable."""
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    ctx = mp.get_context("spawn")
+    out = str(Path(tmp) / f"ranks-{fn.__name__}-{os.getpid()}")
+    procs = [
+        ctx.Process(
+            target=_rank_main,
+            args=(fn, Rendezvous(r, world, "127.0.0.1", store.port), out, threads, args),
+        )
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 600
+    while any(p.exitcode is None for p in procs) and not any(p.exitcode for p in procs):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for p in procs:  # one rank failed (or time ran out): do not wait for the others
+        if p.exitcode is None:
+            p.kill()
+        p.join()
+    failed = [Path(f"{out}.rank{r}.err") for r in range(world)]
+    errors = [f.read_text() for f in failed if f.exists()]
+    if errors or any(p.exitcode for p in procs):
+        raise RuntimeError(f"ranks failed {[p.exitcode for p in procs]}:\n" + "\n".join(errors))
+    return [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(world)]

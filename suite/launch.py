@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,8 +27,8 @@ import torch.distributed as dist
 import protocols
 from suite.config import ConfigError, RunConfig
 from suite.data import load_dataset
-from suite.models.resnet import BN_MODES
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
+from suite.models.resnet import BN_MODES
 from suite.record import RunDir, environment
 from suite.train import build, problem_info, train
 
@@ -155,10 +156,16 @@ def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
 
 
 def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
+    """Process target. Exits with os._exit: results are already fsynced, and C++ static
+    teardown of gloo/store threads at interpreter exit can abort a finished worker."""
+    code = 0
     try:
         worker(rdv, cfg, run_path)
     except BaseException:
-        os._exit(1)  # the traceback is in error-rank<r>.txt; skip slow interpreter teardown
+        code = 1  # the traceback is in error-rank<r>.txt
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, Any]:
@@ -174,26 +181,21 @@ def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, 
         for r in range(cfg.workers)
     ]
     started = time.perf_counter()
-    failed: tuple[int, int] | None = None
+    failed: list[tuple[int, int]] = []  # (rank, exit code) of the failures first seen
     try:
         for p in procs:
             p.start()
-        while failed is None and any(p.exitcode is None for p in procs):
-            for rank, p in enumerate(procs):
-                if p.exitcode not in (None, 0):
-                    failed = (rank, int(p.exitcode or 0))
-                    break
+        while not failed and any(p.exitcode is None for p in procs):
             time.sleep(poll_s)
-        if failed is None:
-            failed = next(((r, p.exitcode) for r, p in enumerate(procs) if p.exitcode), None)  # type: ignore[misc]
+            failed = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode]
     except KeyboardInterrupt:
-        failed = (-1, -int(signal.SIGINT))
+        failed = [(-1, -int(signal.SIGINT))]
     finally:
         _stop(procs)
         del store
     wall = time.perf_counter() - started
     summary = run.read_summary()
-    if failed is None and summary is not None:
+    if not failed and summary is not None:
         return {**summary, "wall_s": wall}
     summary = {
         "status": "failed",
@@ -221,21 +223,32 @@ def _stop(procs: list[Any], grace_s: float = 3.0) -> None:
             p.join()
 
 
-def _describe_failure(run: RunDir, failed: tuple[int, int] | None) -> str:
-    errors = run.error_files()
+def _describe_failure(run: RunDir, failed: list[tuple[int, int]]) -> str:
+    """The root cause of a failed run.
+
+    A rank killed by a signal (kill -9, the OOM killer) writes nothing, and its peers then
+    fail on broken connections; so a signal death seen first wins, and otherwise the
+    earliest error file written.
+    """
+    for rank, code in failed:
+        if rank < 0:
+            return "interrupted by the user"
+        if code < 0:
+            name = signal.Signals(-code).name
+            return (
+                f"rank {rank} was killed by {name} (signal {-code}): "
+                "out of memory or killed externally"
+            )
+    errors = sorted(run.error_files(), key=lambda f: f.stat().st_mtime_ns)
     if errors:
         first = errors[0]
         text = first.read_text().strip().splitlines()
-        return f"{first.stem}: {text[-1] if text else 'unknown error'} (traceback in {first.name})"
-    if failed is None:
-        return "workers exited without writing a summary"
-    rank, code = failed
-    if rank < 0:
-        return "interrupted by the user"
-    if code < 0:
-        name = signal.Signals(-code).name
-        return f"rank {rank} was killed by {name} (signal {-code}); out of memory or killed externally"
-    return f"rank {rank} exited with code {code}"
+        others = f"; then {', '.join(e.stem for e in errors[1:])}" if len(errors) > 1 else ""
+        last = text[-1] if text else "unknown error"
+        return f"{first.stem}: {last} (traceback in {first.name}{others})"
+    if failed:
+        return f"rank {failed[0][0]} exited with code {failed[0][1]}"
+    return "workers exited without writing a summary"
 
 
 def _print_summary(run: RunDir, s: dict[str, Any]) -> None:

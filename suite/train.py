@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import protocols
-from protocols.base import ProblemInfo
+from protocols.base import OptimizerFactory, ProblemInfo
 from suite.config import OptimConfig, RunConfig
 from suite.data import ImageDataset, TrainBatches, eval_batches, load_dataset
 from suite.dist import Comm
@@ -60,7 +60,7 @@ class Budget:
         return int(self.epoch(step) / self.eval_every + 1e-9)
 
 
-def make_optimizer_factory(cfg: OptimConfig):  # type: ignore[no-untyped-def]
+def make_optimizer_factory(cfg: OptimConfig) -> OptimizerFactory:
     """A function params → optimizer; protocols build optimizers with it."""
     if cfg.name != "sgd":
         raise ValueError(f"unknown optimizer {cfg.name!r}; valid: sgd")
@@ -90,7 +90,9 @@ def learning_rate(cfg: OptimConfig, step: int, total: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, float]:
     """Mean test loss and accuracy over fixed batches."""
     was_training = model.training
     model.eval()
@@ -108,10 +110,11 @@ class Clock:
     """Accumulated training time; stops while evaluating. Syncs the device when stopping."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.total, self._start = device, 0.0, None  # type: ignore[var-annotated]
+        self.device, self.total = device, 0.0
+        self._start: float | None = None
 
     def start(self) -> None:
-        self._start = time.perf_counter()  # type: ignore[assignment]
+        self._start = time.perf_counter()
 
     def stop(self) -> None:
         if self.device.type == "cuda":
@@ -143,8 +146,14 @@ def train(
     protocol = protocols.build(cfg.protocol)
     protocol.setup(model, comm, make_optimizer_factory(cfg.optim))
     batches = TrainBatches(
-        ds, comm.rank, comm.world_size, cfg.data.batch_size, cfg.data.sharding, cfg.seed,
-        device, cfg.data.augment,
+        ds,
+        comm.rank,
+        comm.world_size,
+        cfg.data.batch_size,
+        cfg.data.sharding,
+        cfg.seed,
+        device,
+        cfg.data.augment,
     )
     test = eval_batches(ds, cfg.data.eval_batch_size, device) if record is not None else []
     budget = Budget.of(cfg, ds.num_train)
@@ -188,7 +197,9 @@ def train(
                 best_acc = max(best_acc, row["test_acc"])
                 record.append_metrics(row)
                 if progress is not None:
-                    progress.set_postfix(acc=f"{row['test_acc']:.3f}", loss=f"{row['train_loss']:.3f}")
+                    progress.set_postfix(
+                        acc=f"{row['test_acc']:.3f}", loss=f"{row['train_loss']:.3f}"
+                    )
             final = row
             comm.barrier()
             if not math.isfinite(row["train_loss"]):
@@ -234,7 +245,14 @@ def _measure(
     """One metrics row, reduced over ranks (measurement collectives are not counted)."""
     (train_s,) = comm.reduce_stats([clock.total], op="max")
     rank_s, comm_s, nbytes, payload, losses, count = comm.reduce_stats(
-        [clock.total, comm.seconds, comm.bytes_paper, comm.bytes_payload, float(loss_sum), loss_count]
+        [
+            clock.total,
+            comm.seconds,
+            comm.bytes_paper,
+            comm.bytes_payload,
+            float(loss_sum),
+            loss_count,
+        ]
     )
     world = comm.world_size
     return {
@@ -251,7 +269,7 @@ def _measure(
     }
 
 
-def _progress(total: int, cfg: RunConfig, is_rank0: bool):  # type: ignore[no-untyped-def]
+def _progress(total: int, cfg: RunConfig, is_rank0: bool) -> Any:
     if not (is_rank0 and cfg.launcher.progress and sys.stderr.isatty()):
         return None
     from tqdm import tqdm

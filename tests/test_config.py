@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from helpers import shipped_protocols
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -22,7 +23,7 @@ def _compose(overrides):
 
 
 def test_every_protocol_has_a_config_file_and_vice_versa():
-    assert _options("protocol") == sorted(protocols.REGISTRY)
+    assert _options("protocol") == shipped_protocols()
 
 
 @pytest.mark.parametrize("protocol", _options("protocol"))
@@ -42,7 +43,9 @@ def test_embedded_default():
 
 
 def test_overrides_reach_the_protocol_config():
-    cfg = _compose(["protocol=localsgd", "protocol.local_steps=3", "protocol.optimizer_state=reset"])
+    cfg = _compose(
+        ["protocol=localsgd", "protocol.local_steps=3", "protocol.optimizer_state=reset"]
+    )
     assert cfg.protocol.local_steps == 3 and cfg.protocol.optimizer_state == "reset"
 
 
@@ -51,9 +54,15 @@ def test_unknown_keys_and_bad_values_are_named():
         _compose(["+optim.lr_typo=1"])
     with pytest.raises(ConfigError, match="local_steps must be int"):
         _compose(["protocol=localsgd", "protocol.local_steps=abc"])
-    with pytest.raises(ConfigError, match=r"optimizer_state='sometimes' is not valid; choose one of \['keep', 'average', 'reset'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optimizer_state='sometimes' is not valid; "
+        r"choose one of \['keep', 'average', 'reset'\]",
+    ):
         _compose(["protocol=localsgd", "protocol.optimizer_state=sometimes"])
-    with pytest.raises(ConfigError, match="unknown protocol 'nope'; valid: ddp, localsgd, single"):
+    with pytest.raises(
+        ConfigError, match=r"unknown protocol 'nope'; valid: ddp, .*localsgd, single"
+    ):
         protocols.parse_config({"name": "nope"})
 
 

@@ -86,16 +86,24 @@ def test_svhn_reads_the_official_mat_format(tmp_path, no_md5):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
 def test_missing_data_set_is_a_clear_error(tmp_path, name):
-    with pytest.raises(ConfigError, match=f"{name} not found or corrupted under"):
+    with pytest.raises(ConfigError, match=rf"{name} not found or corrupted under"):
         load_dataset(DataConfig(name=name, root=str(tmp_path / "nowhere")))
-    with pytest.raises(ConfigError, match="set data.root"):
+    with pytest.raises(ConfigError, match=r"set data\.root"):
         load_dataset(DataConfig(name=name))
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path, no_md5):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for f in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]:
+    for f in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    ]:
         (folder / f).write_bytes(b"not a pickle")
     with pytest.raises(ConfigError, match="cifar10 not found or corrupted"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
@@ -107,7 +115,11 @@ def test_unknown_data_set_names_valid_choices():
 
 
 def test_synthetic_any_shape():
-    ds = load_dataset(DataConfig(name="synthetic", num_train=64, num_test=8, image_size=16, channels=5, num_classes=3))
+    ds = load_dataset(
+        DataConfig(
+            name="synthetic", num_train=64, num_test=8, image_size=16, channels=5, num_classes=3
+        )
+    )
     assert ds.synthetic and ds.train_x.shape == (64, 5, 16, 16) and ds.num_classes == 3
 
 
@@ -137,7 +149,7 @@ def test_full_sharding_gives_every_worker_its_own_pass_over_everything():
 
 def test_batches_are_deterministic_for_a_seed_and_differ_across_seeds():
     ds = load_dataset(DataConfig())
-    first = [next(TrainBatches(ds, 1, 2, 16, "disjoint", 3, CPU)) for _ in range(1)][0]
+    first = next(next(TrainBatches(ds, 1, 2, 16, "disjoint", 3, CPU)) for _ in range(1))
     again = next(TrainBatches(ds, 1, 2, 16, "disjoint", 3, CPU))
     other = next(TrainBatches(ds, 1, 2, 16, "disjoint", 4, CPU))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_ranks, tiny_config
 from torch.nn.parallel import DistributedDataParallel
 
 import protocols
-from helpers import run_ranks, tiny_config
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
 from suite.train import build, make_optimizer_factory, train
@@ -81,14 +81,18 @@ def test_our_ddp_equals_torch_distributed_data_parallel(tmp_path):
         else:
             params = [k for k in ours if "running" not in k and "num_batches" not in k]
             _assert_states_close({k: ours[k] for k in params}, {k: theirs[k] for k in params})
-    num = sum(v.numel() for k, v in results[0][0].items() if "running" not in k and "num_batches" not in k)
+    num = sum(
+        v.numel() for k, v in results[0][0].items() if "running" not in k and "num_batches" not in k
+    )
     assert results[0][2] == steps * num * 4
 
 
 def test_ddp_on_disjoint_shards_equals_one_worker_with_n_times_the_batch(tmp_path):
     common = {"model": {"bn": "none"}, "data": {"augment": False}}
     two = tiny_config("ddp", workers=2, **common)
-    one = tiny_config("single", workers=1, **{**common, "data": {"augment": False, "batch_size": 32}})
+    one = tiny_config(
+        "single", workers=1, **{**common, "data": {"augment": False, "batch_size": 32}}
+    )
     parallel = run_ranks(_train_rank, 2, tmp_path, two)[0]
     serial = train(one, Comm(0, 1, CPU), CPU)
     assert parallel["summary"]["steps"] == serial.summary["steps"]

@@ -50,8 +50,13 @@ def test_bn_modes():
     batch = preact_resnet(18, 10, width=1 / 16, bn="batch")
     running = preact_resnet(18, 10, width=1 / 16, bn="running")
     none = preact_resnet(18, 10, width=1 / 16, bn="none")
-    assert all(not b.track_running_stats for b in batch.modules() if isinstance(b, torch.nn.BatchNorm2d))
-    assert any(isinstance(b, torch.nn.BatchNorm2d) and b.running_mean is not None for b in running.modules())
+    assert all(
+        not b.track_running_stats for b in batch.modules() if isinstance(b, torch.nn.BatchNorm2d)
+    )
+    assert any(
+        isinstance(b, torch.nn.BatchNorm2d) and b.running_mean is not None
+        for b in running.modules()
+    )
     assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in none.modules())
     # batch statistics at test time: eval output depends on the batch, as in the ResIST code
     batch.eval()

@@ -1,10 +1,12 @@
 """Contract tests over the protocol registry (world size 1: no process group needed)."""
 
+import dataclasses
+
 import pytest
 import torch
+from helpers import shipped_protocols, tiny_config
 
 import protocols
-from helpers import tiny_config
 from protocols.base import ProblemInfo
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
@@ -13,7 +15,7 @@ from suite.models.resnet import preact_resnet
 from suite.train import make_optimizer_factory, train
 
 CPU = torch.device("cpu")
-NAMES = sorted(protocols.REGISTRY)
+NAMES = shipped_protocols()
 
 
 def _info(model, batch=16):
@@ -26,7 +28,9 @@ def test_class_contract(name):
     assert cls.name == name and cls.__doc__ and len(cls.__doc__.splitlines()) >= 3
     cfg = protocols.parse_config({"name": name})
     assert cfg.name == name
-    with pytest.raises(Exception):  # configs are frozen: a run's settings can't drift
+    with pytest.raises(
+        dataclasses.FrozenInstanceError
+    ):  # configs are frozen: a run's settings can't drift
         cfg.name = "x"
 
 
@@ -63,7 +67,9 @@ def test_supports_refuses_impossible_settings():
     single = protocols.parse_config({"name": "single"})
     assert "exactly one worker" in protocols.REGISTRY["single"].supports(single, _info(model), 2)
     bad = protocols.parse_config({"name": "localsgd", "local_steps": 0})
-    assert "local_steps must be >= 1" in protocols.REGISTRY["localsgd"].supports(bad, _info(model), 2)
+    assert "local_steps must be >= 1" in protocols.REGISTRY["localsgd"].supports(
+        bad, _info(model), 2
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -13,8 +13,6 @@ scaling). Both are plain attributes, so toggling them is free.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,11 +27,10 @@ DEPTHS: dict[int, tuple[int, int, int, int]] = {
     200: (3, 4, 50, 3),
 }
 
-BNMode = Literal["batch", "running", "none"]
 BN_MODES = ("batch", "running", "none")
 
 
-def make_bn(channels: int, bn: BNMode) -> nn.Module:
+def make_bn(channels: int, bn: str) -> nn.Module:
     """BatchNorm with batch statistics always (``batch``), running statistics, or none.
 
     ``none`` (identity) gives a network whose gradient is a plain mean over samples, so
@@ -49,7 +46,7 @@ def make_bn(channels: int, bn: BNMode) -> nn.Module:
 class PreActBlock(nn.Module):
     """Pre-activation basic block with an on/off switch and a residual-branch scale."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, bn: BNMode) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, bn: str) -> None:
         super().__init__()
         self.bn1 = make_bn(in_planes, bn)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -89,7 +86,7 @@ class PreActResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         width: float = 1.0,
-        bn: BNMode = "batch",
+        bn: str = "batch",
     ) -> None:
         super().__init__()
         widths = [max(1, round(w * width)) for w in (64, 128, 256, 512)]
@@ -115,11 +112,11 @@ class PreActResNet(nn.Module):
 
     def blocks(self) -> list[PreActBlock]:
         """All residual blocks in forward order."""
-        return [b for stage in self.stages for b in stage if isinstance(b, PreActBlock)]
+        return [b for b in self.stages.modules() if isinstance(b, PreActBlock)]
 
     def partitionable_blocks(self) -> list[PreActBlock]:
         """Blocks ResIST deals out: stage 3's non-first (non-strided) blocks."""
-        return [b for b in list(self.stages[2])[1:] if isinstance(b, PreActBlock)]
+        return [b for b in list(self.stages[2].children())[1:] if isinstance(b, PreActBlock)]
 
 
 def preact_resnet(
@@ -127,7 +124,7 @@ def preact_resnet(
     num_classes: int,
     in_channels: int = 3,
     width: float = 1.0,
-    bn: BNMode = "batch",
+    bn: str = "batch",
 ) -> PreActResNet:
     """Build a pre-activation ResNet of a named depth (one of :data:`DEPTHS`)."""
     if depth not in DEPTHS:

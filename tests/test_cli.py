@@ -1,0 +1,91 @@
+"""The Hydra application as a user runs it: ``python -m suite.run ...`` in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "model.depth=18",
+    "model.width=0.0625",
+    "train.data_epochs=0.3",
+    "train.eval_every=0.15",
+    "data.batch_size=16",
+    "launcher.threads=1",
+]
+
+
+def run_cli(*args, cwd):
+    proc = subprocess.run(
+        [sys.executable, "-m", "suite.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def summaries(results: Path):
+    return {p.parent.name: json.loads(p.read_text()) for p in results.glob("*/summary.json")}
+
+
+def test_a_run_from_the_command_line(tmp_path):
+    code, out = run_cli(*TINY, f"results_dir={tmp_path}", cwd=tmp_path)
+    assert code == 0, out
+    assert "[completed] ddp workers=2" in out
+    (summary,) = summaries(tmp_path).values()
+    assert summary["status"] == "completed" and summary["workers"] == 2
+
+
+def test_multirun_sweeps_protocols_and_workers(tmp_path):
+    code, out = run_cli(
+        "-m", "protocol=ddp,localsgd", "workers=1,2", *TINY, f"results_dir={tmp_path}", cwd=tmp_path
+    )
+    assert code == 0, out
+    got = summaries(tmp_path)
+    assert len(got) == 4 and all(s["status"] == "completed" for s in got.values())
+    assert {(s["protocol"], s["workers"]) for s in got.values()} == {
+        ("ddp", 1),
+        ("ddp", 2),
+        ("localsgd", 1),
+        ("localsgd", 2),
+    }
+
+
+def test_submitit_local_launcher(tmp_path):
+    code, out = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "protocol=localsgd",
+        *TINY,
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert code == 0, out
+    (summary,) = summaries(tmp_path).values()
+    assert summary["status"] == "completed" and summary["protocol"] == "localsgd"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["protocol=nope"], "Could not find 'protocol/nope'"),
+        (["protocol=single"], "protocol=single trains on exactly one worker; got workers=2"),
+        (["workers=0"], "workers must be an integer in 1..1024"),
+        (["data=cifar10"], "set data.root=/path/to/folder"),
+        (
+            ["data=cifar10", "data.root=/nonexistent"],
+            "cifar10 not found or corrupted under /nonexistent",
+        ),
+        (["+model.heads=3"], "unknown key(s) ['heads'] in model"),
+    ],
+)
+def test_bad_input_is_refused_with_the_valid_choices(tmp_path, args, message):
+    code, out = run_cli(*args, f"results_dir={tmp_path}", cwd=tmp_path)
+    assert code != 0 and message in out, out
+    if args == ["protocol=nope"]:
+        assert "ddp" in out and "localsgd" in out and "single" in out
+    assert not summaries(tmp_path)

@@ -1,0 +1,129 @@
+"""End-to-end runs through the launcher: real worker processes, run folders, failures."""
+
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import faulty  # noqa: F401 - registers the test-only protocol
+import pytest
+import yaml
+from helpers import tiny_config
+
+import protocols
+from suite.config import ConfigError
+from suite.launch import execute
+from suite.record import METRIC_COLUMNS, RunDir
+
+
+def test_a_run_writes_a_complete_run_folder_and_is_skipped_on_rerun(tmp_path, capsys):
+    cfg = tiny_config("localsgd", results_dir=str(tmp_path))
+    summary = execute(cfg)
+    run = RunDir(summary["run_dir"])
+    assert run.path.parent == tmp_path and run.path.name == cfg.run_name()
+    assert summary["status"] == "completed" and 0 <= summary["final_test_acc"] <= 1
+
+    config = yaml.safe_load(run.config.read_text())
+    assert config["protocol"] == {"name": "localsgd", "local_steps": 10, "optimizer_state": "keep"}
+    assert config["workers"] == 2
+    env = json.loads(run.env.read_text())
+    assert env["world_size"] == 2 and env["versions"]["torch"] and env["cpu"]
+    assert {"git_sha", "git_dirty", "gpus", "device"} <= env.keys()
+
+    rows = run.read_metrics()
+    assert len(rows) >= 2 and all(set(METRIC_COLUMNS) <= row.keys() for row in rows)
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    for a, b in itertools.pairwise(rows):
+        assert b["bytes"] >= a["bytes"] and b["train_s"] >= a["train_s"]
+    assert rows[-1]["bytes"] == summary["bytes"] > 0
+    assert (
+        abs(rows[-1]["compute_s"] + rows[-1]["comm_s"] - rows[-1]["train_s"])
+        < 0.5 * rows[-1]["train_s"]
+    )
+    assert "completed" in capsys.readouterr().out
+
+    mtime = run.summary.stat().st_mtime
+    again = execute(cfg)
+    assert again["skipped"] and run.summary.stat().st_mtime == mtime
+    forced = execute(dataclasses.replace(cfg, force=True))
+    assert not forced.get("skipped") and forced["status"] == "completed"
+    assert list(tmp_path.glob(f"{cfg.run_name()}.old-*"))  # the earlier attempt is kept
+
+
+def test_a_worker_exception_fails_the_run_fast_with_its_error(tmp_path):
+    cfg = tiny_config(
+        "ddp", results_dir=str(tmp_path), train={"data_epochs": 20, "eval_every": 0.25}
+    )
+    cfg = dataclasses.replace(
+        cfg, protocol=protocols.parse_config({"name": "faulty", "fail_round": 12})
+    )
+    start = time.perf_counter()
+    summary = execute(cfg)
+    assert time.perf_counter() - start < 60  # the full budget would take minutes
+    assert summary["status"] == "failed"
+    assert (
+        "error-rank1" in summary["error"]
+        and "injected failure on rank 1 in round 12" in summary["error"]
+    )
+    run = RunDir(summary["run_dir"])
+    assert "RuntimeError: injected failure" in (run.path / "error-rank1.txt").read_text()
+    rows = run.read_metrics()  # rows written before the crash are intact
+    assert rows and all(r["step"] <= 12 for r in rows)
+
+
+def test_kill_minus_nine_of_one_worker_ends_the_run_promptly(tmp_path):
+    cfg = tiny_config(
+        "ddp", results_dir=str(tmp_path), train={"data_epochs": 40, "eval_every": 0.25}
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(execute(cfg)))
+    thread.start()
+    metrics = tmp_path / cfg.run_name() / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline, "the run never started training"
+        time.sleep(0.1)
+    victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert time.monotonic() - killed < 10
+    assert result["status"] == "failed" and "rank 1 was killed by SIGKILL" in result["error"]
+    assert all(
+        not p.is_alive() for p in multiprocessing.active_children() if p.name.startswith("rank")
+    )
+    assert RunDir(result["run_dir"]).read_metrics()
+
+
+def test_divergence_is_recorded_as_such(tmp_path):
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), optim={"lr": 1e12, "schedule": "constant"})
+    summary = execute(cfg)
+    assert summary["status"] == "diverged"
+    rows = RunDir(summary["run_dir"]).read_metrics()
+    assert rows[-1]["train_loss"] is None  # non-finite numbers are written as null
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"workers": 0}, "workers must be an integer in 1..1024"),
+        ({"workers": 100}, "less than one batch; use fewer workers"),
+        ({"data": {"name": "cifar10"}}, "set data.root"),
+        ({"data": {"sharding": "random"}}, "valid: disjoint, full"),
+        ({"optim": {"schedule": "linear"}}, "valid: step, cosine, constant"),
+        ({"model": {"depth": 50}}, "valid: [18, 34, 101, 152, 200]"),
+    ],
+)
+def test_invalid_settings_are_refused_before_any_process_starts(tmp_path, overrides, message):
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), **overrides)
+    before = multiprocessing.active_children()
+    with pytest.raises((ConfigError, ValueError)) as err:
+        execute(cfg)
+    assert message in str(err.value)
+    assert multiprocessing.active_children() == before
+    assert not any(tmp_path.iterdir())
