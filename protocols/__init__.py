@@ -11,10 +11,11 @@ from typing import Any
 from protocols.base import ProblemInfo, Protocol, Work
 from protocols.ddp import DDP
 from protocols.localsgd import LocalSGD
+from protocols.resist import ResIST
 from protocols.single import Single
 from suite.config import ConfigError, from_dict
 
-REGISTRY: dict[str, type[Protocol]] = {p.name: p for p in (DDP, LocalSGD, Single)}
+REGISTRY: dict[str, type[Protocol]] = {p.name: p for p in (DDP, LocalSGD, ResIST, Single)}
 
 __all__ = ["REGISTRY", "ProblemInfo", "Protocol", "Work", "build", "parse_config"]
 

@@ -3,11 +3,12 @@
 A protocol owns no loop, no launching and no environment reads; ``suite.train`` runs
 the one training loop for all of them and calls these hooks:
 
-    setup(model, comm, make_optimizer)          once, after rank 0's weights are broadcast
+    setup(model, comm, make_optimizer, info)    once, after rank 0's weights are broadcast
     for each round r:
         work = begin_round(r)                   module + optimizer this worker trains now
         ℓ times: forward, backward, after_backward(work), optimizer step
         end_round(r, work)                      aggregation
+    gather_for_eval()                           every rank, before rank 0 evaluates
     eval_model()                                the full global model for evaluation
 
 All communication goes through ``Comm``, which counts bytes and time.
@@ -45,6 +46,7 @@ class ProblemInfo:
     num_train: int
     batch_size: int
     sharding: str
+    seed: int = 0
 
 
 class Protocol(ABC):
@@ -69,7 +71,9 @@ class Protocol(ABC):
         """ℓ: optimizer steps per round."""
         return int(getattr(self.cfg, "local_steps", 1))
 
-    def setup(self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory) -> None:
+    def setup(
+        self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
+    ) -> None:
         """Take the (already synchronised) model; by default a full replica with one optimizer."""
         self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
         self.work = Work(model, make_optimizer(model.parameters()))
@@ -83,6 +87,10 @@ class Protocol(ABC):
 
     def end_round(self, r: int, work: Work) -> None:
         """Aggregation at the end of round ``r``."""
+
+    def gather_for_eval(self) -> None:
+        """Called on every rank before rank 0 evaluates (uncounted, off the clock): bring
+        whatever rank 0 lacks of the global model. Full replicas need nothing."""
 
     def eval_model(self) -> nn.Module:
         """The full global model, as a user would deploy it."""
@@ -98,7 +106,11 @@ class Protocol(ABC):
 
 
 def float_state(module: nn.Module) -> list[torch.Tensor]:
-    """Parameters and floating-point buffers (BN running stats): the model's trained state."""
-    tensors = [p.data for p in module.parameters()]
+    """Parameters and floating-point buffers (BN running stats): the model's trained state.
+
+    The objects themselves (not ``.data`` views, which are new objects on every access),
+    so callers can tell tensors apart by identity; modify them under ``torch.no_grad()``.
+    """
+    tensors: list[torch.Tensor] = list(module.parameters())
     tensors += [b for b in module.buffers() if b.is_floating_point()]
     return tensors

@@ -1,12 +1,16 @@
 """Process-group set-up and teardown, and ``Comm``: the collectives protocols use.
 
 ``Comm`` counts bytes and times every collective a protocol issues, so communication
-is accounted in one place, identically for every protocol. Two byte counts are kept:
+is accounted in one place, identically for every protocol. Three byte counts are kept:
 
-- ``bytes_payload``: bytes of tensor data this rank handed to collectives (exact).
 - ``bytes_paper``: what this rank sends plus receives under the papers' convention
   (an all-reduce of b bytes = send b + receive b; fp32 as it is here). Summed over
-  ranks this gives e.g. local SGD's 2·S·|θ|·4 bytes per round.
+  ranks this gives e.g. local SGD's 2·S·|θ|·4 bytes per round. Protocols whose
+  papers count point-to-point traffic their own way add it with ``count_paper``.
+- ``bytes_moved``: what this rank's collectives actually put on and took off the wire:
+  a ring all-reduce of b bytes sends and receives 2·(S-1)/S·b each; a point-to-point
+  transfer counts its bytes once at the sender and once at the receiver.
+- ``bytes_payload``: bytes of tensor data this rank handed to collectives.
 
 Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and
 are not counted: they are instrumentation, not part of any protocol. A ``Comm`` with
@@ -19,7 +23,8 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -91,22 +96,40 @@ class Comm:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.bytes_payload = 0
         self.bytes_paper = 0
+        self.bytes_moved = 0
         self.seconds = 0.0
         self.calls = 0
+        self.counting = True
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _timed(self, fn: Callable[[], object], nbytes: int, paper_bytes: int) -> None:
+    def _timed(self, fn: Callable[[], object], payload: int, paper: int, moved: int) -> None:
         self._sync()
         start = time.perf_counter()
         fn()
         self._sync()
-        self.seconds += time.perf_counter() - start
-        self.bytes_payload += nbytes
-        self.bytes_paper += paper_bytes
-        self.calls += 1
+        if self.counting:
+            self.seconds += time.perf_counter() - start
+            self.bytes_payload += payload
+            self.bytes_paper += paper
+            self.bytes_moved += moved
+            self.calls += 1
+
+    def count_paper(self, nbytes: int) -> None:
+        """Add bytes under the paper's own convention (for point-to-point protocols)."""
+        if self.counting and self.world_size > 1:
+            self.bytes_paper += nbytes
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Collectives inside are neither counted nor timed (e.g. gathering for evaluation)."""
+        previous, self.counting = self.counting, False
+        try:
+            yield
+        finally:
+            self.counting = previous
 
     def all_reduce_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Average tensors across ranks in place, as one flat buffer (one collective)."""
@@ -114,13 +137,30 @@ class Comm:
             return
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
         nbytes = flat.numel() * flat.element_size()
-        self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes)
+        ring = 2 * 2 * (self.world_size - 1) * nbytes // self.world_size
+        self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes, ring)
         flat.div_(self.world_size)
         offset = 0
         for t in tensors:
             n = t.numel()
             t.detach().copy_(flat[offset : offset + n].view_as(t))
             offset += n
+
+    def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
+        """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from
+        each, all in one batch. Every rank must post the matching other half."""
+        ops = [dist.P2POp(dist.isend, t, peer) for peer, t in sorted(sends.items()) if t.numel()]
+        ops += [dist.P2POp(dist.irecv, t, peer) for peer, t in sorted(recvs.items()) if t.numel()]
+        if not ops:
+            return
+
+        def run() -> None:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+
+        sent = sum(t.numel() * t.element_size() for t in sends.values())
+        got = sum(t.numel() * t.element_size() for t in recvs.values())
+        self._timed(run, sent, 0, sent + got)
 
     def broadcast_(self, tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         """Make every rank's tensors equal to ``src``'s. Uncounted: used for set-up only."""

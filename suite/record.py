@@ -32,6 +32,7 @@ METRIC_COLUMNS = (
     "compute_s",
     "comm_s",
     "bytes",
+    "bytes_moved",
     "bytes_payload",
     "lr",
     "train_loss",

@@ -125,7 +125,9 @@ class Clock:
 
 
 def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemInfo:
-    return ProblemInfo(model, ds.name, ds.num_train, cfg.data.batch_size, cfg.data.sharding)
+    return ProblemInfo(
+        model, ds.name, ds.num_train, cfg.data.batch_size, cfg.data.sharding, cfg.seed
+    )
 
 
 def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
@@ -144,7 +146,7 @@ def train(
     model = build(cfg, ds, device)
     comm.broadcast_(list(model.state_dict().values()))  # identical start (not counted)
     protocol = protocols.build(cfg.protocol)
-    protocol.setup(model, comm, make_optimizer_factory(cfg.optim))
+    protocol.setup(model, comm, make_optimizer_factory(cfg.optim), problem_info(cfg, ds, model))
     batches = TrainBatches(
         ds,
         comm.rank,
@@ -192,6 +194,8 @@ def train(
             row = _measure(comm, clock, loss_sum, loss_count, rnd, step, budget, lr)
             loss_sum.zero_()
             loss_count = 0
+            with comm.uncounted():
+                protocol.gather_for_eval()
             if record is not None:
                 row["test_loss"], row["test_acc"] = evaluate(protocol.eval_model(), test)
                 best_acc = max(best_acc, row["test_acc"])
@@ -222,6 +226,7 @@ def train(
         "compute_s": final.get("compute_s"),
         "comm_s": final.get("comm_s"),
         "bytes": final.get("bytes"),
+        "bytes_moved": final.get("bytes_moved"),
         "bytes_payload": final.get("bytes_payload"),
         "steps": step,
         "rounds": rnd,
@@ -244,11 +249,12 @@ def _measure(
 ) -> dict[str, Any]:
     """One metrics row, reduced over ranks (measurement collectives are not counted)."""
     (train_s,) = comm.reduce_stats([clock.total], op="max")
-    rank_s, comm_s, nbytes, payload, losses, count = comm.reduce_stats(
+    rank_s, comm_s, nbytes, moved, payload, losses, count = comm.reduce_stats(
         [
             clock.total,
             comm.seconds,
             comm.bytes_paper,
+            comm.bytes_moved,
             comm.bytes_payload,
             float(loss_sum),
             loss_count,
@@ -263,6 +269,7 @@ def _measure(
         "compute_s": max(0.0, (rank_s - comm_s) / world),
         "comm_s": comm_s / world,
         "bytes": int(nbytes),
+        "bytes_moved": int(moved),
         "bytes_payload": int(payload),
         "lr": lr,
         "train_loss": losses / max(count, 1),

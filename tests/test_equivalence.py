@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 import protocols
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
-from suite.train import build, make_optimizer_factory, train
+from suite.train import build, make_optimizer_factory, problem_info, train
 
 CPU = torch.device("cpu")
 
@@ -53,7 +53,7 @@ def _ours_vs_torch_ddp(rank, comm, steps):
     theirs = copy.deepcopy(ours)
     make = make_optimizer_factory(cfg.optim)
     proto = protocols.build(cfg.protocol)
-    proto.setup(ours, comm, make)
+    proto.setup(ours, comm, make, problem_info(cfg, ds, ours))
     reference = DistributedDataParallel(theirs)
     ref_opt = make(reference.parameters())
     batches = TrainBatches(ds, rank, comm.world_size, 16, "disjoint", 0, CPU)

@@ -38,10 +38,10 @@ def test_class_contract(name):
 def test_one_round_and_state_round_trip(name):
     cfg = protocols.parse_config({"name": name})
     torch.manual_seed(0)
-    model = preact_resnet(18, 10, in_channels=1, width=1 / 16)
+    model = preact_resnet(34, 10, in_channels=1, width=1 / 16)  # partitionable for resist
     assert protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None
     proto = protocols.build(cfg)
-    proto.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim))
+    proto.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim), _info(model))
     batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
     before = [p.detach().clone() for p in proto.eval_model().parameters()]
     work = proto.begin_round(0)
@@ -57,7 +57,7 @@ def test_one_round_and_state_round_trip(name):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     state = proto.state_dict()
     fresh = protocols.build(cfg)
-    fresh.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim))
+    fresh.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim), _info(model))
     fresh.load_state_dict(state)
     assert str(fresh.state_dict()) == str(state)
 
@@ -74,8 +74,18 @@ def test_supports_refuses_impossible_settings():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_protocol_at_one_worker_is_plain_training(name):
-    """With one worker nothing is communicated and every protocol is the same SGD."""
-    results = {n: train(tiny_config(n, workers=1), Comm(0, 1, CPU), CPU) for n in ("single", name)}
+    """With one worker (every block active, optimizer state kept) nothing is communicated
+    and every protocol is the same SGD."""
+    fields = {f.name for f in dataclasses.fields(protocols.REGISTRY[name].Config)}
+    kw = {"optimizer_state": "keep"} if "optimizer_state" in fields else {}
+    results = {
+        n: train(
+            tiny_config(n, workers=1, model={"depth": 34}, protocol_kw=kw if n == name else {}),
+            Comm(0, 1, CPU),
+            CPU,
+        )
+        for n in ("single", name)
+    }
     ref, got = results["single"], results[name]
     assert got.summary["bytes"] == 0 and got.summary["steps"] == ref.summary["steps"]
     for a, b in zip(ref.model.state_dict().values(), got.model.state_dict().values(), strict=True):

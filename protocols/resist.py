@@ -1,0 +1,246 @@
+"""ResIST: random layer-wise sub-ResNets trained independently, then aggregated."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state
+from suite.data.loader import seeded_generator
+from suite.dist import Comm
+
+
+def deal(num_blocks: int, workers: int, min_depth: int, gen: torch.Generator) -> list[list[int]]:
+    """One round's partition: the partitionable blocks each worker holds (sorted).
+
+    Each worker gets d = max(⌊P/S⌋, m) blocks. Enough fresh permutations of the P blocks
+    are concatenated to fill S·d slots and dealt in contiguous chunks; duplicates inside
+    a chunk are dropped and the chunk is padded with random other blocks back to d.
+    Without a minimum depth this is one permutation, so the chunks are disjoint (and
+    P mod S blocks sit the round out); with one, a block may go to several workers.
+    """
+    per = max(num_blocks // workers, min_depth)
+    if not 1 <= per <= num_blocks:
+        raise ValueError(f"cannot deal {num_blocks} blocks to {workers} workers (depth {per})")
+    slots: list[int] = []
+    while len(slots) < workers * per:
+        slots += torch.randperm(num_blocks, generator=gen).tolist()
+    chunks = []
+    for k in range(workers):
+        chunk = list(dict.fromkeys(slots[k * per : (k + 1) * per]))
+        while len(chunk) < per:
+            candidate = int(torch.randint(num_blocks, (1,), generator=gen))
+            if candidate not in chunk:
+                chunk.append(candidate)
+        chunks.append(sorted(chunk))
+    return chunks
+
+
+def owners(chunks: list[list[int]], num_blocks: int) -> list[list[int]]:
+    """For each block, the ranks holding it (ascending)."""
+    result: list[list[int]] = [[] for _ in range(num_blocks)]
+    for rank, chunk in enumerate(chunks):
+        for b in chunk:
+            result[b].append(rank)
+    return result
+
+
+class ResIST(Protocol):
+    """ResIST (Dun, Wolfe, Jermaine, Kyrillidis; UAI 2022, arXiv 2107.00961).
+
+    Each round the non-first blocks of stage 3 (P of them) are dealt at random to the S
+    workers (``deal``; same partition on every rank from the shared seed, so it costs no
+    communication). A worker trains its sub-ResNet, every shared layer plus its blocks,
+    for ℓ local steps; blocks it does not hold are skipped (identity, no compute). Then,
+    with no parameter server, shared tensors are averaged with one all-reduce and each
+    block is averaged among its owners at one reducer and handed by point-to-point
+    transfers (one flat buffer per pair of ranks) to its next owners only.
+    The full model is evaluated with each partitioned block's residual branch scaled by
+    1/S, or max(1/S, m/P) with a minimum depth m (the released code's rule).
+    Per round, summed over workers (paper convention, fp32):
+    2·S·|θ_shared|·4 + 2·(block copies dealt)·|block|·4 bytes.
+    S = 1 with every block active and ``optimizer_state=keep`` is plain training.
+    """
+
+    name = "resist"
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "resist"
+        local_steps: int = 50
+        min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋, disjoint)
+        optimizer_state: Literal["reset", "keep"] = (
+            "reset"  # reset: a new optimizer per round (code)
+        )
+        warmup_epochs: float = 0.0  # data-epochs of local SGD on the full model first
+
+    @classmethod
+    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+        blocks = getattr(info.model, "partitionable_blocks", None)
+        if blocks is None:
+            return "protocol=resist needs a ResNet with a partitionable stage (model=preact_resnet)"
+        num = len(blocks())
+        if num == 0:
+            return (
+                "protocol=resist: this model has no partitionable blocks (stage 3 needs at "
+                "least 2 blocks); use model.depth=34, 101, 152 or 200"
+            )
+        if cfg.local_steps < 1:
+            return f"protocol.local_steps must be >= 1, got {cfg.local_steps}"
+        if not 0 <= cfg.min_depth <= num:
+            return f"protocol.min_depth must be in 0..{num}, got {cfg.min_depth}"
+        if cfg.min_depth == 0 and workers > num:
+            return (
+                f"protocol=resist with workers={workers} but only {num} partitionable blocks: "
+                f"set protocol.min_depth (1..{num}) so blocks can be shared, or use at most "
+                f"{num} workers"
+            )
+        return None
+
+    def setup(
+        self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
+    ) -> None:
+        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
+        self.seed, self.size = info.seed, comm.world_size
+        self.blocks = model.partitionable_blocks()  # type: ignore[operator]
+        self.block_state = [float_state(b) for b in self.blocks]
+        in_blocks = {id(t) for state in self.block_state for t in state}
+        self.shared = [t for t in float_state(model) if id(t) not in in_blocks]
+        self.block_bytes = sum(t.numel() * t.element_size() for t in self.block_state[0])
+        # Ranks holding the current value of each block (all of them after the broadcast).
+        self.holders = [set(range(self.size)) for _ in self.blocks]
+        steps_per_round = info.batch_size * self.size * self.local_steps
+        self.warmup_rounds = math.ceil(self.cfg.warmup_epochs * info.num_train / steps_per_round)
+        self.scale = 1 / self.size
+        if self.cfg.min_depth:
+            self.scale = max(1 / self.size, self.cfg.min_depth / len(self.blocks))
+        self.block_of = {id(p): i for i, b in enumerate(self.blocks) for p in b.parameters()}
+        self.work = Work(model, make_optimizer(model.parameters()))
+        self.round = 0
+        self._rounds: dict[int, list[list[int]]] = {}
+
+    def partition(self, r: int) -> list[list[int]]:
+        """Blocks held by each rank in round ``r`` (all of them during the warm-up)."""
+        if r < self.warmup_rounds:
+            return [list(range(len(self.blocks)))] * self.size
+        if r not in self._rounds:
+            gen = seeded_generator(self.seed, 0x5E157, r)
+            self._rounds[r] = deal(len(self.blocks), self.size, self.cfg.min_depth, gen)
+            self._rounds = {k: v for k, v in self._rounds.items() if k >= r - 1}
+        return self._rounds[r]
+
+    def begin_round(self, r: int) -> Work:
+        self.round = r
+        mine = set(self.partition(r)[self.comm.rank])
+        for i, block in enumerate(self.blocks):
+            block.active, block.residual_scale = i in mine, 1.0
+        if self.cfg.optimizer_state == "reset":
+            params = [
+                p for p in self.model.parameters() if self.block_of.get(id(p), -1) in mine | {-1}
+            ]
+            self.work = Work(self.model, self.make_optimizer(params))
+        return self.work
+
+    @torch.no_grad()
+    def end_round(self, r: int, work: Work) -> None:
+        if r < self.warmup_rounds:  # local SGD on the full model
+            self.comm.all_reduce_mean_(self.shared + [t for s in self.block_state for t in s])
+            return
+        self.comm.all_reduce_mean_(self.shared)
+        held = owners(self.partition(r), len(self.blocks))
+        after = owners(self.partition(r + 1), len(self.blocks))
+        self._reduce(held, after)
+        self._hand_out(after)
+        # Paper convention: each dealt block copy goes out to its worker and comes back.
+        mine = len(self.partition(r)[self.comm.rank])
+        self.comm.count_paper(2 * mine * self.block_bytes)
+
+    def _reduce(self, held: list[list[int]], after: list[list[int]]) -> None:
+        """Average each block among its owners at one reducer, which then alone holds it."""
+        reducers: dict[int, int] = {}
+        moves: list[tuple[int, int, int]] = []  # (block, src, dst)
+        for b, ranks in enumerate(held):
+            if ranks:
+                staying = [k for k in ranks if k in after[b]]
+                reducers[b] = min(staying or ranks)  # one that keeps the block, when possible
+                moves += [(b, k, reducers[b]) for k in ranks if k != reducers[b]]
+        received = self._transfer(moves)
+        for b, reducer in reducers.items():
+            if reducer == self.comm.rank and len(held[b]) > 1:
+                for t, parts in zip(self.block_state[b], received[b], strict=True):
+                    t.add_(torch.stack(parts).sum(0)).div_(len(held[b]))
+            self.holders[b] = {reducer}
+
+    def _hand_out(self, after: list[list[int]]) -> None:
+        """Send each block from a rank with its current value to next round's owners."""
+        moves = []
+        for b, ranks in enumerate(after):
+            source = min(self.holders[b])
+            moves += [(b, source, k) for k in ranks if k not in self.holders[b]]
+            self.holders[b] |= set(ranks)
+        for b, parts in self._transfer(moves).items():
+            for t, (value,) in zip(self.block_state[b], parts, strict=True):
+                t.copy_(value)
+
+    def _transfer(self, moves: list[tuple[int, int, int]]) -> dict[int, list[list[torch.Tensor]]]:
+        """Carry out (block, src, dst) moves in one batch: one flat buffer per rank pair.
+
+        Returns, for each block this rank received, per tensor the list of copies received.
+        """
+        me = self.comm.rank
+        outgoing: dict[int, list[int]] = defaultdict(list)
+        incoming: dict[int, list[int]] = defaultdict(list)
+        for b, src, dst in moves:
+            if src == me:
+                outgoing[dst].append(b)
+            if dst == me:
+                incoming[src].append(b)
+        sends = {
+            peer: torch.cat([t.reshape(-1) for b in bs for t in self.block_state[b]])
+            for peer, bs in outgoing.items()
+        }
+        numel = sum(t.numel() for t in self.block_state[0])
+        ref = self.block_state[0][0]
+        recvs = {
+            peer: torch.empty(numel * len(bs), dtype=ref.dtype, device=ref.device)
+            for peer, bs in incoming.items()
+        }
+        self.comm.exchange(sends, recvs)
+        received: dict[int, list[list[torch.Tensor]]] = defaultdict(
+            lambda: [[] for _ in self.block_state[0]]
+        )
+        for peer, bs in incoming.items():
+            offset = 0
+            for b in bs:
+                for i, t in enumerate(self.block_state[b]):
+                    received[b][i].append(recvs[peer][offset : offset + t.numel()].view_as(t))
+                    offset += t.numel()
+        return received
+
+    @torch.no_grad()
+    def gather_for_eval(self) -> None:
+        moves = [(b, min(h), 0) for b, h in enumerate(self.holders) if 0 not in h]
+        for b, parts in self._transfer(moves).items():
+            for t, (value,) in zip(self.block_state[b], parts, strict=True):
+                t.copy_(value)
+        for h in self.holders:
+            h.add(0)
+
+    def eval_model(self) -> nn.Module:
+        """The full network with test-time scaling of the partitioned residual branches."""
+        scale = 1.0 if self.round < self.warmup_rounds else self.scale  # still full-model SGD
+        for block in self.blocks:
+            block.active, block.residual_scale = True, scale
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.work.optimizer.state_dict(), "holders": self.holders}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.work.optimizer.load_state_dict(state["optimizer"])
+        self.holders = [set(h) for h in state["holders"]]

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and record (``python -m suite.bench.<name>``)."""

@@ -1,0 +1,173 @@
+"""ResIST: partitions, aggregation on real ranks, scaling, byte accounting, learning."""
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import run_ranks, tiny_config
+
+import protocols
+from protocols.base import ProblemInfo
+from protocols.resist import ResIST, deal, owners
+from suite.config import LaunchConfig, RunConfig
+from suite.data.loader import seeded_generator
+from suite.launch import execute
+from suite.models.resnet import PreActResNet, preact_resnet
+from suite.train import make_optimizer_factory
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("blocks", "workers", "min_depth"),
+    [(22, 2, 0), (22, 4, 0), (22, 8, 0), (22, 2, 11), (22, 4, 6), (22, 8, 4), (5, 8, 2), (5, 1, 0)],
+)
+def test_partition_properties(blocks, workers, min_depth):
+    depth = max(blocks // workers, min_depth)
+    for r in range(20):
+        chunks = deal(blocks, workers, min_depth, seeded_generator(0, r))
+        assert len(chunks) == workers
+        assert all(len(c) == depth == len(set(c)) for c in chunks)  # equal size, no repeats
+        assert all(0 <= b < blocks for c in chunks for b in c)
+        dealt = [b for c in chunks for b in c]
+        if min_depth == 0:
+            assert len(set(dealt)) == len(dealt)  # disjoint sub-ResNets
+        if workers * depth >= blocks:
+            assert set(dealt) == set(range(blocks))  # every block trained somewhere
+        again = deal(blocks, workers, min_depth, seeded_generator(0, r))
+        assert again == chunks  # the same on every rank from the shared seed
+    rounds = {str(deal(blocks, workers, min_depth, seeded_generator(0, r))) for r in range(20)}
+    if workers > 1:
+        assert len(rounds) > 1  # a new partition each round
+
+
+def test_owners_inverts_the_partition():
+    assert owners([[0, 2], [2, 3]], 5) == [[0], [], [0, 1], [1], []]
+
+
+def _info(model, seed=0):
+    return ProblemInfo(model, "digits", 1437, 16, "disjoint", seed)
+
+
+def _model():
+    torch.manual_seed(0)
+    return preact_resnet(34, 10, in_channels=1, width=1 / 16)  # stage 3: 6 blocks, P = 5
+
+
+def _aggregate_by_hand(rank, comm, min_depth):
+    model = _model()
+    proto = protocols.build(protocols.parse_config({"name": "resist", "min_depth": min_depth}))
+    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))
+    proto.begin_round(0)
+    for t in [p.data for p in model.parameters()]:
+        t.fill_(rank + 1.0)  # hand-made values: everything this rank holds is rank + 1
+    proto.end_round(0, proto.work)
+    mine_next = proto.partition(1)[rank]
+    values_next = {b: proto.blocks[b].conv1.weight.flatten()[0].item() for b in mine_next}
+    shared = model.stem.weight.flatten()[0].item()
+    paper = comm.bytes_paper
+    proto.gather_for_eval()
+    full = [b.conv1.weight.unique().tolist() for b in proto.blocks]
+    return {
+        "held": proto.partition(0),
+        "next": values_next,
+        "shared": shared,
+        "full": full,
+        "paper": paper,
+        "block_bytes": proto.block_bytes,
+        "shared_bytes": sum(t.numel() * 4 for t in proto.shared),
+    }
+
+
+@pytest.mark.parametrize(("workers", "min_depth"), [(3, 0), (3, 3), (4, 2)])
+def test_aggregation_math_on_hand_made_tensors(tmp_path, workers, min_depth):
+    results = run_ranks(_aggregate_by_hand, workers, tmp_path, min_depth)
+    held = owners(results[0]["held"], 5)
+    expected = [
+        sum(k + 1.0 for k in ranks) / len(ranks) if ranks else 1.0  # unheld: unchanged (rank 0)
+        for ranks in held
+    ]
+    for rank, res in enumerate(results):
+        assert res["shared"] == pytest.approx(sum(range(1, workers + 1)) / workers)
+        for b, value in res["next"].items():  # next round's owners got the aggregate
+            assert value == pytest.approx(expected[b]), (rank, b)
+        dealt = len(res["held"][rank])
+        assert res["paper"] == 2 * res["shared_bytes"] + 2 * dealt * res["block_bytes"]
+    assert [f[0] for f in results[0]["full"]] == pytest.approx(expected)  # rank 0 after gather
+    assert all(len(f) == 1 for f in results[0]["full"])
+
+
+def test_test_time_scaling():
+    for workers, min_depth, scale in [
+        (2, 0, 0.5),
+        (4, 0, 0.25),
+        (8, 4, 4 / 5),
+        (4, 3, 3 / 5),
+        (4, 1, 0.25),
+    ]:
+        model = _model()
+        proto = ResIST(ResIST.Config(min_depth=min_depth))
+        comm = type("C", (), {"world_size": workers, "rank": 0})()
+        proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))  # type: ignore[arg-type]
+        proto.begin_round(0)
+        assert all(b.residual_scale == 1.0 for b in proto.blocks)  # 1.0 while training
+        evaluated = proto.eval_model()
+        assert all(b.active and b.residual_scale == pytest.approx(scale) for b in proto.blocks)
+        shared = [b for b in evaluated.blocks() if b not in proto.blocks]
+        assert all(b.active and b.residual_scale == 1.0 for b in shared)
+
+
+def test_supports_refuses_impossible_settings():
+    cfg = ResIST.Config()
+    flat = PreActResNet((2, 2, 1, 2), width=1 / 16)  # a stage 3 of one (strided) block
+    assert "no partitionable blocks" in ResIST.supports(cfg, _info(flat), 2)
+    resnet18 = preact_resnet(18, 10, width=1 / 16)  # P = 1
+    assert "only 1 partitionable blocks" in ResIST.supports(cfg, _info(resnet18), 2)
+    assert "set protocol.min_depth (1..5)" in ResIST.supports(cfg, _info(_model()), 8)
+    assert ResIST.supports(ResIST.Config(min_depth=2), _info(_model()), 8) is None
+    assert "min_depth must be in 0..5" in ResIST.supports(
+        ResIST.Config(min_depth=6), _info(_model()), 2
+    )
+    assert ResIST.supports(cfg, _info(preact_resnet(101, 10, width=1 / 16)), 8) is None
+
+
+def _bytes_formula(cfg, summary, workers, min_depth):
+    model = preact_resnet(cfg.model.depth, 10, 1, cfg.model.width, cfg.model.bn)
+    blocks = model.partitionable_blocks()
+    block = sum(p.numel() for p in blocks[0].parameters()) * 4
+    shared = sum(p.numel() for p in model.parameters()) * 4 - len(blocks) * block
+    depth = max(len(blocks) // workers, min_depth)
+    return summary["rounds"] * (2 * workers * shared + 2 * workers * depth * block)
+
+
+@pytest.mark.parametrize(("workers", "min_depth"), [(2, 0), (4, 3)])
+def test_recorded_bytes_equal_the_paper_formula(tmp_path, workers, min_depth):
+    cfg = tiny_config(
+        "resist",
+        workers=workers,
+        results_dir=str(tmp_path),
+        model={"depth": 34},
+        protocol_kw={"local_steps": 3, "min_depth": min_depth},
+    )
+    summary = execute(cfg)
+    assert summary["status"] == "completed" and summary["rounds"] >= 2
+    assert summary["bytes"] == _bytes_formula(cfg, summary, workers, min_depth)
+    assert summary["bytes_moved"] > 0
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_real_runs_learn_and_stay_close_to_localsgd(tmp_path, workers):
+    """The default model and budget on digits (chance: 10 %), same l for both protocols."""
+    acc = {}
+    for name in ("resist", "localsgd"):
+        cfg = dataclasses.replace(
+            RunConfig(protocol=protocols.parse_config({"name": name, "local_steps": 10})),
+            workers=workers,
+            results_dir=str(tmp_path),
+            launcher=LaunchConfig(device="cpu", progress=False),
+        )
+        summary = execute(cfg)
+        assert summary["status"] == "completed", summary
+        acc[name] = summary["final_test_acc"]
+    assert acc["resist"] > 0.8
+    assert acc["resist"] >= acc["localsgd"] - 0.05, acc
