@@ -66,6 +66,15 @@ class Protocol(ABC):
         """Why this setting cannot run (a message naming the valid choices), or None."""
         return None
 
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        """Bytes per round, all workers' sends plus receives (the papers' convention).
+
+        Must equal what a run records through ``Comm`` (tests check it on real ranks);
+        the report's communication table is computed from it.
+        """
+        raise NotImplementedError(f"{cls.name} does not state its bytes per round")
+
     @property
     def local_steps(self) -> int:
         """ℓ: optimizer steps per round."""
@@ -103,6 +112,11 @@ class Protocol(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.work.optimizer.load_state_dict(state["optimizer"])
+
+
+def nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Total bytes of a list of tensors."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def float_state(module: nn.Module) -> list[torch.Tensor]:

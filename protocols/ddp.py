@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
-from protocols.base import Protocol, Work
+from protocols.base import Protocol, Work, nbytes
 
 
 class DDP(Protocol):
@@ -25,6 +27,11 @@ class DDP(Protocol):
     @dataclass(frozen=True)
     class Config:
         name: str = "ddp"
+
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        grads = [p for p in model.parameters() if p.requires_grad]
+        return 2 * workers * nbytes(grads) if workers > 1 else 0
 
     def after_backward(self, work: Work) -> None:
         grads = []

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
-from protocols.base import ProblemInfo, Protocol, Work, float_state
+from protocols.base import ProblemInfo, Protocol, Work, float_state, nbytes
 
 
 class LocalSGD(Protocol):
@@ -36,6 +37,14 @@ class LocalSGD(Protocol):
         if cfg.local_steps < 1:
             return f"protocol.local_steps must be >= 1, got {cfg.local_steps}"
         return None
+
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        if workers == 1:
+            return 0
+        momentum = [p for p in model.parameters() if p.requires_grad]
+        extra = nbytes(momentum) if cfg.optimizer_state == "average" else 0
+        return 2 * workers * (nbytes(float_state(model)) + extra)
 
     def end_round(self, r: int, work: Work) -> None:
         tensors = float_state(self.model)

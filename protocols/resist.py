@@ -10,9 +10,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state
+from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state, nbytes
 from suite.data.loader import seeded_generator
 from suite.dist import Comm
+
+#: Minimum depth per worker count used for the paper's tables [inferred from its
+#: communication table; shared/reference/protocols.md §1].
+PAPER_MIN_DEPTH = {2: 11, 4: 6, 8: 4}
 
 
 def deal(num_blocks: int, workers: int, min_depth: int, gen: torch.Generator) -> list[list[int]]:
@@ -102,6 +106,16 @@ class ResIST(Protocol):
             )
         return None
 
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        if workers == 1:
+            return 0
+        blocks = model.partitionable_blocks()  # type: ignore[operator]
+        block = nbytes(float_state(blocks[0]))
+        shared = nbytes(float_state(model)) - len(blocks) * block
+        dealt = workers * max(len(blocks) // workers, cfg.min_depth)  # block copies dealt
+        return 2 * workers * shared + 2 * dealt * block
+
     def setup(
         self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
     ) -> None:
@@ -111,7 +125,7 @@ class ResIST(Protocol):
         self.block_state = [float_state(b) for b in self.blocks]
         in_blocks = {id(t) for state in self.block_state for t in state}
         self.shared = [t for t in float_state(model) if id(t) not in in_blocks]
-        self.block_bytes = sum(t.numel() * t.element_size() for t in self.block_state[0])
+        self.block_bytes = nbytes(self.block_state[0])
         # Ranks holding the current value of each block (all of them after the broadcast).
         self.holders = [set(range(self.size)) for _ in self.blocks]
         steps_per_round = info.batch_size * self.size * self.local_steps

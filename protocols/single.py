@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from protocols.base import ProblemInfo, Protocol
 
 
@@ -20,6 +22,10 @@ class Single(Protocol):
     @dataclass(frozen=True)
     class Config:
         name: str = "single"
+
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        return 0
 
     @classmethod
     def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:

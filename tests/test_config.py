@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 import protocols
 from suite.config import ConfigError, RunConfig, parse_run_config
+from suite.run import register_resolvers
 
 CONF = Path(__file__).parent.parent / "suite" / "conf"
 
@@ -72,3 +73,27 @@ def test_run_name_is_a_stable_hash_of_the_semantic_config():
     c = _compose(["seed=1"])
     assert a.run_name() == b.run_name() != c.run_name()
     assert a.run_name().startswith("digits-preact_resnet101-ddp-w2-s0-")
+
+
+@pytest.mark.parametrize("method", ["resist", "localsgd"])
+@pytest.mark.parametrize(("workers", "depth"), [(2, 11), (4, 6), (8, 4)])
+@pytest.mark.parametrize("data", ["cifar10", "cifar100"])
+def test_paper_presets(method, workers, depth, data):
+    register_resolvers()
+    cfg = _compose(
+        [f"+experiment={method}_cifar", f"workers={workers}", f"data={data}", "data.root=/d"]
+    )
+    assert cfg.protocol_name == method and cfg.protocol.local_steps == 50
+    assert cfg.protocol.optimizer_state == "reset"
+    if method == "resist":
+        assert cfg.protocol.min_depth == depth
+    assert (cfg.model.depth, cfg.model.width, cfg.model.bn) == (101, 1.0, "batch")
+    assert (cfg.data.name, cfg.data.batch_size, cfg.data.sharding) == (data, 128, "full")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.9, 5e-4)
+    assert cfg.optim.milestones == (0.5, 0.75) and cfg.train.data_epochs == 160
+
+
+def test_paper_preset_refuses_other_worker_counts():
+    register_resolvers()
+    with pytest.raises(Exception, match="minimum depth for workers in"):
+        _compose(["+experiment=resist_cifar", "workers=3", "data.root=/d"])
