@@ -82,6 +82,7 @@ def _aggregate_by_hand(rank, comm, min_depth):
 @pytest.mark.parametrize(("workers", "min_depth"), [(3, 0), (3, 3), (4, 2)])
 def test_aggregation_math_on_hand_made_tensors(tmp_path, workers, min_depth):
     results = run_ranks(_aggregate_by_hand, workers, tmp_path, min_depth)
+    assert all(r["held"] == results[0]["held"] for r in results)  # same partition on every rank
     held = owners(results[0]["held"], 5)
     expected = [
         sum(k + 1.0 for k in ranks) / len(ranks) if ranks else 1.0  # unheld: unchanged (rank 0)

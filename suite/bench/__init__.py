@@ -1,1 +1,37 @@
 """Benchmarks: scripts that measure and record (``python -m suite.bench.<name>``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suite.record import cpu_model
+
+
+def write_record(
+    name: str, model: str, rows: list[dict[str, Any]], out: str, argv: list[str] | None
+) -> Path:
+    """Save a benchmark's rows with the command, hardware and versions that produced them."""
+    args = sys.argv[1:] if argv is None else argv
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    record = {
+        "benchmark": name,
+        "command": " ".join(["python -m suite.bench." + name, *args]),
+        "model": model,
+        "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": gpus},
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -28,12 +26,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import protocols
+from suite.bench import write_record
 from suite.config import LaunchConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
 from suite.dist import Comm, run_ranks
 from suite.launch import execute
-from suite.record import _cpu_model
 from suite.train import build, make_optimizer_factory
 
 
@@ -106,19 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench/overhead-cpu.json")
     args = parser.parse_args(argv)
     rows = [measure(w, args.steps, args.repeats) for w in args.workers]
-    record = {
-        "benchmark": "overhead",
-        "command": "python -m suite.bench.overhead " + " ".join(argv or []),
-        "model": "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker",
-        "hardware": {"cpu": _cpu_model(), "cores": torch.get_num_threads(), "gpu": None},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write_record(
+        "overhead",
+        "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker",
+        rows,
+        args.out,
+        argv,
+    )
     print(
         "| workers | protocol | bare step (ms) | suite step (ms) | bare img/s | suite img/s "
         "| overhead |"

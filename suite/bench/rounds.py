@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 import protocols
+from suite.bench import write_record
 from suite.config import LaunchConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
 from suite.launch import execute
-from suite.record import _cpu_model
 from suite.train import build
 
 
@@ -128,18 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench/rounds-cpu.json")
     args = parser.parse_args(argv)
     rows = [measure(w, args) for w in args.workers]
-    record = {
-        "benchmark": "rounds",
-        "command": "python -m suite.bench.rounds " + " ".join(argv or []),
-        "model": "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker",
-        "hardware": {"cpu": _cpu_model(), "cores": torch.get_num_threads(), "gpu": None},
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write_record(
+        "rounds",
+        "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker",
+        rows,
+        args.out,
+        argv,
+    )
     print(
         "| workers | localsgd round (ms) | resist round (ms) | measured ratio | compute ratio "
         "| implied by blocks | resist MB/round | localsgd MB/round |"
