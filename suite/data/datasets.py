@@ -1,0 +1,205 @@
+"""Data sets as whole tensors: real formats on disk, an embedded real set, and synthetic.
+
+Every data set is held as raw image tensors (N, C, H, W) plus int64 labels, small
+enough to live on the training device, so batching and augmentation never touch the
+host. ``scale`` maps the raw values to [0, 1]; ``mean``/``std`` then normalise.
+
+- ``digits``: the UCI 8x8 handwritten digits that ship inside scikit-learn (1797 real
+  images, 1 channel, 10 classes). The embedded default: no download, no files.
+- ``cifar10``, ``cifar100``: the official python-pickle format (``cifar-10-batches-py``,
+  ``cifar-100-python``) under ``data.root``; fetched the usual way with ``download``.
+- ``svhn``: the official cropped-digits ``.mat`` files (``train_32x32.mat``,
+  ``test_32x32.mat``) under ``data.root``.
+- ``synthetic``: random tensors of any shape, for throughput work only. Its labels
+  carry no signal; accuracy on it means nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from suite.config import ConfigError, DataConfig
+
+
+@dataclass
+class ImageDataset:
+    """Train and test splits as tensors, with what the model and augmentation need."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # random-crop padding used for augmentation (0: none)
+    flip: bool  # horizontal flips are label-preserving for this data
+    synthetic: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+
+
+def load_dataset(cfg: DataConfig) -> ImageDataset:
+    """Load the configured data set, or raise :class:`ConfigError` saying what is missing."""
+    loaders = {
+        "digits": _digits,
+        "cifar10": _cifar,
+        "cifar100": _cifar,
+        "svhn": _svhn,
+        "synthetic": _synthetic,
+    }
+    if cfg.name not in loaders:
+        raise ConfigError(f"unknown data set {cfg.name!r}; valid: {', '.join(DATASETS)}")
+    return loaders[cfg.name](cfg)
+
+
+def _digits(cfg: DataConfig) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # values 0..16
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    # A fixed 80/20 split, independent of the run's seed, so every run sees the same test set.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    scaled = images[train].float() / 16.0
+    return ImageDataset(
+        "digits",
+        images[train],
+        labels[train],
+        images[test],
+        labels[test],
+        num_classes=10,
+        scale=16.0,
+        mean=(float(scaled.mean()),),
+        std=(float(scaled.std()),),
+        crop_padding=1,
+        flip=False,
+    )
+
+
+def _root(cfg: DataConfig) -> Path:
+    if cfg.root is None:
+        raise ConfigError(
+            f"data set {cfg.name!r} is read from disk: set data.root=/path/to/folder "
+            "(and data.download=true to fetch it when online)"
+        )
+    return Path(cfg.root).expanduser()
+
+
+def _cifar(cfg: DataConfig) -> ImageDataset:
+    tv = torchvision_datasets()
+    root = _root(cfg)
+    cls = tv.CIFAR10 if cfg.name == "cifar10" else tv.CIFAR100
+    folder = cls.base_folder
+    try:
+        train = cls(str(root), train=True, download=cfg.download)
+        test = cls(str(root), train=False, download=False)
+    except Exception as err:  # "Dataset not found or corrupted", or a file that won't parse
+        raise ConfigError(
+            f"{cfg.name} not found or corrupted under {root} (expected {root / folder}/ as in "
+            f"the official python tarball): {type(err).__name__}: {err}; set data.root, or "
+            "data.download=true when online"
+        ) from err
+    mean, std = CIFAR10_STATS if cfg.name == "cifar10" else CIFAR100_STATS
+    num_classes = 10 if cfg.name == "cifar10" else 100
+
+    def tensors(split: object) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(split.data)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
+        return x.contiguous(), torch.tensor(split.targets, dtype=torch.int64)  # type: ignore[attr-defined]
+
+    (trx, tr_y), (tex, te_y) = tensors(train), tensors(test)
+    return ImageDataset(cfg.name, trx, tr_y, tex, te_y, num_classes, 255.0, mean, std, 4, True)
+
+
+def _svhn(cfg: DataConfig) -> ImageDataset:
+    tv = torchvision_datasets()
+    root = _root(cfg)
+    try:
+        train = tv.SVHN(str(root), split="train", download=cfg.download)
+        test = tv.SVHN(str(root), split="test", download=cfg.download)
+    except Exception as err:
+        raise ConfigError(
+            f"svhn not found or corrupted under {root} (expected train_32x32.mat and "
+            f"test_32x32.mat): {type(err).__name__}: {err}; set data.root, or "
+            "data.download=true when online"
+        ) from err
+
+    def tensors(split: object) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(split.data))  # type: ignore[attr-defined]
+        return x, torch.from_numpy(split.labels.astype(np.int64))  # type: ignore[attr-defined]
+
+    (trx, tr_y), (tex, te_y) = tensors(train), tensors(test)
+    return ImageDataset("svhn", trx, tr_y, tex, te_y, 10, 255.0, *SVHN_STATS, 4, False)
+
+
+def _synthetic(cfg: DataConfig) -> ImageDataset:
+    gen = torch.Generator().manual_seed(1234)
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)
+        return x, torch.randint(0, cfg.num_classes, (n,), generator=gen)
+
+    (trx, tr_y), (tex, te_y) = split(cfg.num_train), split(cfg.num_test)
+    half = (0.5,) * cfg.channels
+    return ImageDataset(
+        "synthetic", trx, tr_y, tex, te_y, cfg.num_classes, 255.0, half, half, 4, True, True
+    )
+
+
+_TORCHVISION_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+
+def torchvision_datasets() -> ModuleType:
+    """Import ``torchvision.datasets``, tolerating a torchvision whose C++ ops cannot load.
+
+    A CUDA-built torchvision beside a CPU-only torch (the only pairing PyPI offers for a
+    CPU box) fails at import on an unguarded fake registration of ``torchvision::nms``.
+    Only in that case do we declare the two op schemas and import again; a matched
+    install is never touched. The data sets need none of the C++ ops.
+    """
+    try:
+        return importlib.import_module("torchvision.datasets")
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[mod]
+    lib = torch.library.Library("torchvision", "DEF")  # noqa: TID251 - see docstring
+    for schema in _TORCHVISION_OPS:
+        lib.define(schema)
+    _KEEP.append(lib)  # the definitions live as long as the Library object
+    return importlib.import_module("torchvision.datasets")
+
+
+_KEEP: list[object] = []
