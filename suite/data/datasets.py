@@ -195,7 +195,7 @@ def torchvision_datasets() -> ModuleType:
             raise
     for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[mod]
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: TID251 - see docstring
+    lib = torch.library.Library("torchvision", "DEF")  # see the docstring
     for schema in _TORCHVISION_OPS:
         lib.define(schema)
     _KEEP.append(lib)  # the definitions live as long as the Library object

@@ -47,18 +47,18 @@ def augment(
 ) -> torch.Tensor:
     """Random crop with zero padding, then random horizontal flip, per sample, batched."""
     n, _, h, w = x.shape
+    rng = gen.device if gen is not None else None  # draw where the generator lives
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=gen.device if gen else None)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=gen.device if gen else None)
-        dy, dx = dy.to(x.device), dx.to(x.device)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=rng).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=rng).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
     if flip:
-        mask = torch.rand(n, generator=gen, device=gen.device if gen else None) < 0.5
+        mask = torch.rand(n, generator=gen, device=rng) < 0.5
         x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
     return x
 
