@@ -76,7 +76,7 @@ class ResIST(Protocol):
     @dataclass(frozen=True)
     class Config:
         name: str = "resist"
-        local_steps: int = 50
+        local_steps: int = 10  # the paper used 50 (experiment=resist_cifar)
         min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋, disjoint)
         optimizer_state: Literal["reset", "keep"] = (
             "reset"  # reset: a new optimizer per round (code)

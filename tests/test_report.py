@@ -1,0 +1,114 @@
+"""The report on a small committed fixture (tests/fixtures/results), checked by hand.
+
+Fixture: localsgd seeds 0, 1 completed (final acc 0.90, 0.80; times 10, 12 s), seed 2
+diverged, seed 3 incomplete; ddp seeds 0, 1 completed (0.95, 0.93; 5.5 s each), seed 2
+failed; plus one folder with a corrupt summary.json and one without config.yaml.
+"""
+
+import filecmp
+from pathlib import Path
+
+import pytest
+
+from suite.report.__main__ import generate
+from suite.report.__main__ import main as report_main
+from suite.report.load import load_runs
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper")
+    written, results = generate([str(FIXTURE)], out, [], "localsgd", 0.9)
+    return out, written, results
+
+
+def _row(md: str, *cells: str) -> str:
+    lines = [line for line in md.splitlines() if all(f"| {c} |" in line for c in cells)]
+    assert len(lines) == 1, (cells, md)
+    return lines[0]
+
+
+def test_tidy_tables_and_problems():
+    results = load_runs(FIXTURE)
+    assert sorted(results.runs.status) == sorted(
+        ["completed"] * 4 + ["failed", "diverged", "incomplete"]
+    )
+    # one row per run x evaluation: 3+3+3+3 completed, 1 failed, 2 diverged, 1 incomplete
+    assert len(results.metrics) == 16
+    assert {"run", "protocol", "workers", "seed", "status", "test_acc", "train_s"} <= set(
+        results.metrics.columns
+    )
+    problems = dict(results.problems)
+    assert "summary.json is corrupt" in problems[str(FIXTURE / "digits-ddp-w2-s9")]
+    assert problems[str(FIXTURE / "digits-ddp-w2-s8")] == "config.yaml is missing"
+
+
+def test_accuracy_matches_a_hand_computation(report):
+    md = (report[0] / "tables" / "accuracy.md").read_text()
+    # localsgd: mean(90, 80) = 85.00, sample std = 7.07, 95% t-interval 12.706*7.07/sqrt(2)
+    row = _row(md, "localsgd")
+    assert "| 85.00 ± 7.07 | ± 63.53 | 2 | 1 diverged, 1 incomplete |" in row
+    assert "| 94.00 ± 1.41 | ± 12.71 | 2 | 1 failed |" in _row(md, "ddp")
+
+
+def test_time_and_speedups_match_a_hand_computation(report):
+    md = (report[0] / "tables" / "train_time.md").read_text()
+    assert "| 11.0 ± 1.4 | 2 | 1.00× (baseline) |" in _row(md, "localsgd", "2")
+    assert "| 5.5 ± 0.0 | 2 | 2.00× |" in _row(md, "ddp", "2")  # 11 / 5.5
+    assert "| geo. mean | 2.00× |" in _row(md, "all", "ddp")
+    target = (report[0] / "tables" / "time_to_target.md").read_text()
+    # localsgd: only seed 0 reaches 90 % (at 10 s) of 4 runs; ddp: 3 s and 5.5 s, of 3 runs
+    assert "| 10.0 | 1/4 |" in _row(target, "localsgd", "2")
+    assert "| 4.2 ± 1.8 | 2/3 | 2.35× |" in _row(target, "ddp", "2")  # 10 / 4.25
+
+
+def test_communication_and_failed_runs_are_shown(report):
+    comm = (report[0] / "tables" / "comm_recorded.md").read_text()
+    assert "| 10 | 0.2000 | 0.2000 |" in _row(comm, "localsgd")
+    assert "| 1 | 0.0050 | 0.0050 |" in _row(comm, "ddp")
+    runs = (report[0] / "tables" / "runs.md").read_text()
+    assert "| failed |" in _row(runs, "digits-ddp-w2-s2") and "SIGKILL" in runs
+    assert "| diverged |" in _row(runs, "digits-localsgd-w2-s2")
+    assert "| incomplete |" in _row(runs, "digits-localsgd-w2-s3")
+    index = (report[0] / "README.md").read_text()
+    assert "digits-ddp-w2-s9" in index and "summary.json is corrupt" in index
+
+
+def test_every_table_and_figure_is_produced(report):
+    out, written, _ = report
+    names = {p.relative_to(out).as_posix() for p in written}
+    for table in (
+        "accuracy",
+        "train_time",
+        "time_to_target",
+        "comm_recorded",
+        "runs",
+        "reported_vs_reproduced",
+        "comm_per_round",
+    ):
+        assert {f"tables/{table}.md", f"tables/{table}.tex"} <= names
+    for fig in ("accuracy_vs_time", "accuracy_vs_communication", "round_time_breakdown", "scaling"):
+        assert {f"figures/{fig}.png", f"figures/{fig}.pdf"} <= names
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
+    assert {"data/runs.csv", "data/metrics.csv", "README.md"} <= names
+    reported = (out / "tables" / "reported_vs_reproduced.md").read_text()
+    assert "| 92.36 ± 0.01 | not run | — |" in reported  # no CIFAR run in the fixture
+
+
+def test_same_results_give_the_same_files(report, tmp_path):
+    report_main(["--results", str(FIXTURE), "--out", str(tmp_path)])
+    first = report[0]
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    _, mismatch, errors = filecmp.cmpfiles(first, tmp_path, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+
+
+def test_missing_results_folder_is_reported_not_fatal(tmp_path):
+    _, results = generate(
+        [str(tmp_path / "nowhere"), str(FIXTURE)], tmp_path / "out", [], "localsgd", 0.9
+    )
+    assert ("results folder does not exist") in dict(results.problems).values()
+    assert len(results.runs) == 7
