@@ -10,12 +10,13 @@ from typing import Any
 
 from protocols.base import ProblemInfo, Protocol, Work
 from protocols.ddp import DDP
+from protocols.ist import IST
 from protocols.localsgd import LocalSGD
 from protocols.resist import ResIST
 from protocols.single import Single
 from suite.config import ConfigError, from_dict
 
-REGISTRY: dict[str, type[Protocol]] = {p.name: p for p in (DDP, LocalSGD, ResIST, Single)}
+REGISTRY: dict[str, type[Protocol]] = {p.name: p for p in (DDP, IST, LocalSGD, ResIST, Single)}
 
 __all__ = ["REGISTRY", "ProblemInfo", "Protocol", "Work", "build", "parse_config"]
 

@@ -24,10 +24,21 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The shared model. ``width`` multiplies the 64/128/256/512 channel widths."""
 
-    name: str = "preact_resnet"
+    name: str = "preact_resnet"  # "preact_resnet" or "mlp"
     depth: int = 101
     width: float = 0.125
     bn: str = "batch"  # "batch": batch statistics always (ResIST code), "running" or "none"
+    # name=mlp only (the IST papers' fully connected nets):
+    hidden: int = 1024  # hidden width (4096 / 8192 in the papers)
+    layers: int = 2  # Linear layers: 2 = one hidden layer
+    variant: str = "ist"  # "ist" (the papers' net) or "plain" (biases, running-stats BN)
+
+    @property
+    def tag(self) -> str:
+        """A short readable name, e.g. ``preact_resnet101`` or ``mlp2x1024``."""
+        if self.name == "mlp":
+            return f"mlp{self.layers}x{self.hidden}"
+        return f"{self.name}{self.depth}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,15 @@ class RunConfig:
         for key in ("results_dir", "force", "launcher"):
             d.pop(key)
         d["device"] = self.launcher.device
+        # Only the fields of the chosen model family: a ResNet run's identity must not
+        # change when an MLP default does (and vice versa).
+        unused = (
+            ("depth", "width", "bn")
+            if self.model.name == "mlp"
+            else ("hidden", "layers", "variant")
+        )
+        for key in unused:
+            d["model"].pop(key)
         return d
 
     def run_name(self) -> str:
@@ -125,7 +145,7 @@ class RunConfig:
             json.dumps(self.semantic_dict(), sort_keys=True).encode()
         ).hexdigest()[:10]
         return (
-            f"{self.data.name}-{self.model.name}{self.model.depth}-{self.protocol_name}"
+            f"{self.data.name}-{self.model.tag}-{self.protocol_name}"
             f"-w{self.workers}-s{self.seed}-{digest}"
         )
 

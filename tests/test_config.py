@@ -97,3 +97,32 @@ def test_paper_preset_refuses_other_worker_counts():
     register_resolvers()
     with pytest.raises(Exception, match="minimum depth for workers in"):
         _compose(["+experiment=resist_cifar", "workers=3", "data.root=/d"])
+
+
+@pytest.mark.parametrize("method", ["ist", "localsgd", "ddp"])
+@pytest.mark.parametrize(("layers", "hidden"), [(2, 4096), (3, 8192)])
+def test_speech_presets(method, layers, hidden):
+    cfg = _compose([f"+experiment={method}_speech_{layers}layer", "data.root=/d"])
+    assert cfg.protocol_name == method and cfg.data.name == "speech"
+    assert (cfg.model.name, cfg.model.layers, cfg.model.hidden) == ("mlp", layers, hidden)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.data.batch_size) == (0.01, 0.0, 128)
+    if method != "ddp":
+        assert cfg.protocol.local_steps == 20
+
+
+def test_ist_selects_the_mlp_and_other_protocols_keep_the_resnet():
+    assert _compose(["protocol=ist"]).model.name == "mlp"
+    assert _compose(["protocol=localsgd"]).model.name == "preact_resnet"
+    assert _compose(["protocol=ddp", "model=mlp"]).model.name == "mlp"
+
+
+def test_committed_reference_runs_keep_their_names():
+    """Run folders are named by a hash of the semantic config: it must stay stable, or a
+    re-run of the documented sweep would not recognise (and skip) completed runs."""
+    import yaml
+
+    folders = sorted((Path(__file__).parent.parent / "results" / "reference").glob("digits-*"))
+    assert len(folders) == 18
+    for folder in folders:
+        cfg = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text()))
+        assert cfg.run_name() == folder.name

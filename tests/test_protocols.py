@@ -11,6 +11,7 @@ from protocols.base import ProblemInfo
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
+from suite.models import build_model
 from suite.models.resnet import preact_resnet
 from suite.train import make_optimizer_factory, train
 
@@ -28,18 +29,34 @@ def test_class_contract(name):
     assert cls.name == name and cls.__doc__ and len(cls.__doc__.splitlines()) >= 3
     cfg = protocols.parse_config({"name": name})
     assert cfg.name == name
-    with pytest.raises(
-        dataclasses.FrozenInstanceError
-    ):  # configs are frozen: a run's settings can't drift
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a run's settings can't drift
         cfg.name = "x"
+
+
+#: The shared models, as model config overrides; each protocol is tested on the first
+#: one it supports (ResIST needs partitionable blocks, IST an MLP).
+MODELS = [{"depth": 34}, {"name": "mlp", "hidden": 32, "layers": 3}]
+
+
+def _model_config_for(name):
+    cfg = protocols.parse_config({"name": name})
+    for overrides in MODELS:
+        model = build_model(
+            dataclasses.replace(tiny_config().model, **overrides),
+            in_channels=1,
+            num_classes=10,
+            image_size=8,
+        )
+        if protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None:
+            return overrides, model
+    raise AssertionError(f"{name} supports none of the shared models")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_round_and_state_round_trip(name):
     cfg = protocols.parse_config({"name": name})
     torch.manual_seed(0)
-    model = preact_resnet(34, 10, in_channels=1, width=1 / 16)  # partitionable for resist
-    assert protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None
+    _, model = _model_config_for(name)
     proto = protocols.build(cfg)
     proto.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim), _info(model))
     batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
@@ -74,16 +91,12 @@ def test_supports_refuses_impossible_settings():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_protocol_at_one_worker_is_plain_training(name):
-    """With one worker (every block active, optimizer state kept) nothing is communicated
-    and every protocol is the same SGD."""
-    fields = {f.name for f in dataclasses.fields(protocols.REGISTRY[name].Config)}
-    kw = {"optimizer_state": "keep"} if "optimizer_state" in fields else {}
+    """With one worker (every block or neuron active) nothing is communicated and every
+    protocol is the same SGD (momentum-free: some protocols rebuild optimizers per round)."""
+    overrides, _ = _model_config_for(name)
+    sgd = {"momentum": 0.0}
     results = {
-        n: train(
-            tiny_config(n, workers=1, model={"depth": 34}, protocol_kw=kw if n == name else {}),
-            Comm(0, 1, CPU),
-            CPU,
-        )
+        n: train(tiny_config(n, workers=1, model=overrides, optim=sgd), Comm(0, 1, CPU), CPU)
         for n in ("single", name)
     }
     ref, got = results["single"], results[name]

@@ -6,6 +6,7 @@ failed; plus one folder with a corrupt summary.json and one without config.yaml.
 """
 
 import filecmp
+import os
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ def test_missing_results_folder_is_reported_not_fatal(tmp_path):
     )
     assert ("results folder does not exist") in dict(results.problems).values()
     assert len(results.runs) == 7
+
+
+def test_committed_paper_is_what_the_reference_results_generate(tmp_path):
+    """paper/ is generated, never edited: its text files equal a fresh regeneration."""
+    repo = Path(__file__).parent.parent
+    cwd = os.getcwd()
+    os.chdir(repo)  # the committed files name the results folder relative to the repo
+    try:
+        generate(["results/reference"], tmp_path, [], "localsgd", 0.9)
+    finally:
+        os.chdir(cwd)
+    committed = sorted(
+        p.relative_to(repo / "paper")
+        for p in (repo / "paper").rglob("*")
+        if p.suffix in (".md", ".tex", ".csv")
+    )
+    assert committed, "paper/ has no generated tables"
+    for rel in committed:
+        assert (repo / "paper" / rel).read_text() == (tmp_path / rel).read_text(), (
+            f"paper/{rel} is stale: run python -m suite.report --results results/reference"
+        )

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from suite.config import ConfigError, DataConfig
+from suite.data.audio import SPEECH_WORDS, find_idx, read_idx, speech_features
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ImageDataset:
         return int(self.train_x.shape[0])
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "speech", "synthetic")
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
@@ -71,6 +72,8 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         "cifar10": _cifar,
         "cifar100": _cifar,
         "svhn": _svhn,
+        "mnist": _mnist,
+        "speech": _speech,
         "synthetic": _synthetic,
     }
     if cfg.name not in loaders:
@@ -157,6 +160,69 @@ def _svhn(cfg: DataConfig) -> ImageDataset:
 
     (trx, tr_y), (tex, te_y) = tensors(train), tensors(test)
     return ImageDataset("svhn", trx, tr_y, tex, te_y, 10, 255.0, *SVHN_STATS, 4, False)
+
+
+def _mnist(cfg: DataConfig) -> ImageDataset:
+    root = _root(cfg)
+    try:
+        arrays = {
+            name: torch.from_numpy(read_idx(find_idx(root, name)).copy())
+            for name in (
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+            )
+        }
+    except Exception as err:  # missing file, or not the IDX format
+        raise ConfigError(
+            f"mnist not found or corrupted under {root} (expected the four IDX files, e.g. "
+            f"train-images-idx3-ubyte[.gz]): {type(err).__name__}: {err}"
+        ) from err
+    trx = arrays["train-images-idx3-ubyte"].unsqueeze(1)
+    tex = arrays["t10k-images-idx3-ubyte"].unsqueeze(1)
+    tr_y = arrays["train-labels-idx1-ubyte"].long()
+    te_y = arrays["t10k-labels-idx1-ubyte"].long()
+    scaled = trx.float() / 255.0
+    classes = int(max(tr_y.max(), te_y.max())) + 1
+    return ImageDataset(
+        "mnist",
+        trx,
+        tr_y,
+        tex,
+        te_y,
+        max(classes, 10),
+        255.0,
+        (float(scaled.mean()),),
+        (float(scaled.std()),),
+        0,
+        False,
+    )
+
+
+def _speech(cfg: DataConfig) -> ImageDataset:
+    root = _root(cfg)
+    try:
+        f = speech_features(root)
+    except Exception as err:
+        raise ConfigError(
+            f"speech not found or corrupted under {root} (expected Speech Commands v0.02 as "
+            f"<word>/*.wav): {type(err).__name__}: {err}"
+        ) from err
+    mean, std = float(f["train_x"].mean()), float(f["train_x"].std())
+    return ImageDataset(
+        "speech",
+        f["train_x"],
+        f["train_y"],
+        f["test_x"],
+        f["test_y"],
+        len(SPEECH_WORDS),
+        1.0,
+        (mean,),
+        (std,),
+        0,
+        False,
+    )
 
 
 def _synthetic(cfg: DataConfig) -> ImageDataset:

@@ -5,16 +5,22 @@ from __future__ import annotations
 from torch import nn
 
 from suite.config import ModelConfig
+from suite.models.mlp import MLP
 from suite.models.resnet import DEPTHS, PreActBlock, PreActResNet, preact_resnet
 
-__all__ = ["DEPTHS", "MODELS", "PreActBlock", "PreActResNet", "build_model"]
+__all__ = ["DEPTHS", "MLP", "MODELS", "PreActBlock", "PreActResNet", "build_model"]
 
 #: Registered model names (the ``model.name`` key).
-MODELS = ("preact_resnet",)
+MODELS = ("preact_resnet", "mlp")
 
 
-def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """Build the configured model for a data set's channel count and class count."""
+def build_model(
+    cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int = 32
+) -> nn.Module:
+    """Build the configured model for a data set's shape and class count."""
     if cfg.name == "preact_resnet":
         return preact_resnet(cfg.depth, num_classes, in_channels, cfg.width, cfg.bn)
+    if cfg.name == "mlp":
+        features = in_channels * image_size * image_size
+        return MLP(features, cfg.hidden, cfg.layers, num_classes, cfg.variant)
     raise ValueError(f"unknown model {cfg.name!r}; valid: {', '.join(MODELS)}")

@@ -102,7 +102,12 @@ def generate(
     if not metrics.empty:
         gb = metrics.assign(gb=metrics["bytes"] / 1e9)
         written += figures.curves(
-            gb, "gb", "communicated (GB, paper convention)", figs, "accuracy_vs_communication"
+            gb,
+            "gb",
+            "communicated (GB, paper convention)",
+            figs,
+            "accuracy_vs_communication",
+            logx=True,
         )
     written += figures.round_breakdown(runs, figs)
     written += figures.scaling(runs, figs)

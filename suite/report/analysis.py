@@ -126,10 +126,10 @@ def time_to_target(
     if table.empty:
         return table
     table["speedup"] = _speedups(table, "mean", baseline)
-    return _with_geomean(table, baseline)
+    return _with_geomean(table, baseline, "reached")
 
 
-def _with_geomean(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def _with_geomean(table: pd.DataFrame, baseline: str, label: str = "n") -> pd.DataFrame:
     """Format speedups and add one geometric-mean row per non-baseline protocol."""
     extra = []
     for protocol, group in table[table.protocol != baseline].groupby("protocol"):
@@ -141,7 +141,7 @@ def _with_geomean(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
                     "workers": "all",
                     "protocol": protocol,
                     "speedup": g,
-                    "n": "geo. mean",
+                    label: "geo. mean",
                 }
             )
     table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table

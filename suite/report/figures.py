@@ -65,7 +65,9 @@ def band(metrics: pd.DataFrame, x: str, y: str, points: int = 60) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def curves(metrics: pd.DataFrame, x: str, xlabel: str, out: Path, name: str) -> list[Path]:
+def curves(
+    metrics: pd.DataFrame, x: str, xlabel: str, out: Path, name: str, logx: bool = False
+) -> list[Path]:
     """Test accuracy against ``x``: one panel per data set × worker count, bands over seeds."""
     done = metrics.dropna(subset=["test_acc", x])
     if done.empty:
@@ -88,6 +90,8 @@ def curves(metrics: pd.DataFrame, x: str, xlabel: str, out: Path, name: str) -> 
                 linewidth=0,
             )
         ax.set_title(f"{panel.data}, {panel.workers} workers")
+        if logx:
+            ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=8, loc="lower right")
@@ -115,7 +119,7 @@ def round_breakdown(
         m = m.reset_index()
         steps = done[done.data == data].groupby(["workers", "protocol"]).local_steps.first()
         labels = [
-            f"{p} (ℓ={steps[(w, p)]})\n{w} workers"
+            f"{p}\nℓ={steps[(w, p)]}\n{w} workers"
             for w, p in zip(m.workers, m.protocol, strict=True)
         ]
         ax.bar(labels, m["compute"], label="compute", color=sns.color_palette("colorblind")[0])
@@ -151,7 +155,7 @@ def scaling(runs: pd.DataFrame, out: Path, name: str = "scaling") -> list[Path]:
             x="workers",
             y=column,
             hue="protocol",
-            style="data",
+            style="data" if done.data.nunique() > 1 else None,
             marker="o",
             errorbar="sd",
             palette=palette,

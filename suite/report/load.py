@@ -55,7 +55,11 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run = {
             "run": folder.name,
             "data": config["data"]["name"],
-            "model": f"{model['name']}{model['depth']}x{model['width']:g}",
+            "model": (
+                f"mlp{model['layers']}x{model['hidden']}"
+                if model["name"] == "mlp"
+                else f"{model['name']}{model['depth']}x{model['width']:g}"
+            ),
             "protocol": proto["name"],
             "workers": int(config["workers"]),
             "seed": int(config["seed"]),

@@ -1,0 +1,231 @@
+"""IST: neuron partitions, extraction and write-back on real ranks, sync modes, learning."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_ranks, tiny_config
+
+import protocols
+from protocols.base import ProblemInfo
+from protocols.ist import IST, partition_neurons
+from suite.config import DataConfig, ModelConfig
+from suite.data import load_dataset
+from suite.data.audio import SPEECH_WORDS, speech_split
+from suite.data.loader import seeded_generator
+from suite.dist import Comm
+from suite.launch import execute
+from suite.models.mlp import MLP
+from suite.train import make_optimizer_factory, train
+
+CPU = torch.device("cpu")
+
+
+def mlp_config(protocol="ist", workers=2, **kw):
+    model = kw.pop("model", {})
+    return tiny_config(
+        protocol,
+        workers=workers,
+        model={"name": "mlp", "hidden": 64, "layers": 3, **model},
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(("widths", "workers"), [([8], 2), ([16, 16], 4), ([12, 24, 6], 3)])
+def test_partition_properties(widths, workers):
+    for r in range(10):
+        groups = partition_neurons(widths, workers, seeded_generator(0, r))
+        again = partition_neurons(widths, workers, seeded_generator(0, r))
+        for layer, width in enumerate(widths):
+            g = groups[layer]
+            assert all(len(x) == width // workers for x in g)  # equal sizes
+            flat = torch.cat(g).tolist()
+            assert sorted(flat) == list(range(width))  # disjoint and complete
+            assert all(torch.equal(a, b) for a, b in zip(g, again[layer], strict=True))
+    first = partition_neurons(widths, workers, seeded_generator(0, 0))
+    other = partition_neurons(widths, workers, seeded_generator(0, 1))
+    assert any(not torch.equal(a, b) for a, b in zip(first[0], other[0], strict=True))
+
+
+def _extract_and_write_back(rank, comm, sync):
+    torch.manual_seed(0)
+    model = MLP(5, 8, 3, 4, "plain")  # biases and running stats too
+    proto = protocols.build(protocols.parse_config({"name": "ist", "sync": sync}))
+    info = ProblemInfo(model, "digits", 100, 4, "disjoint", 0)
+    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), info)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    work = proto.begin_round(0)
+    g = proto.groups
+    sub = dict(work.module.named_parameters())
+    extracted = {
+        "hidden.0.weight": torch.equal(
+            sub["hidden.0.weight"], before["hidden.0.weight"][g[0][rank]]
+        ),
+        "hidden.1.weight": torch.equal(
+            sub["hidden.1.weight"], before["hidden.1.weight"][g[1][rank]][:, g[0][rank]]
+        ),
+        "out.weight": torch.equal(sub["out.weight"], before["out.weight"][:, g[1][rank]]),
+        "norms.0.weight": torch.equal(sub["norms.0.weight"], before["norms.0.weight"][g[0][rank]]),
+    }
+    with torch.no_grad():  # "train": every subnet entry becomes 100 + rank
+        for p in work.module.parameters():
+            p.fill_(100.0 + rank)
+    proto.end_round(0, work)
+    proto.gather_for_eval()
+    return extracted, before, model.state_dict(), [[x.tolist() for x in layer] for layer in g]
+
+
+@pytest.mark.parametrize("sync", ["centralized", "decentralized"])
+def test_extraction_and_write_back(tmp_path, sync):
+    results = run_ranks(_extract_and_write_back, 2, tmp_path, sync)
+    for extracted, *_ in results:
+        assert all(extracted.values()), extracted
+    _, before, after, groups = results[0]
+    assert groups == results[1][3]  # the same partition on both ranks
+    g0, g1 = groups
+    owner0 = {n: k for k in range(2) for n in g0[k]}
+    owner1 = {n: k for k in range(2) for n in g1[k]}
+    w1 = after["hidden.1.weight"]
+    for i in range(8):
+        for j in range(8):
+            if owner1[i] == owner0[j]:  # trained by worker owner1[i]
+                assert w1[i, j] == 100 + owner1[i]
+            else:  # cross-group: untouched
+                assert w1[i, j] == before["hidden.1.weight"][i, j]
+    for i in range(8):
+        assert (after["hidden.0.weight"][i] == 100 + owner0[i]).all()
+        assert after["hidden.0.bias"][i] == 100 + owner0[i]
+        assert (after["out.weight"][:, i] == 100 + owner1[i]).all()
+    assert torch.allclose(after["out.bias"], torch.full((4,), 100.5))  # shared: averaged
+
+
+def test_one_worker_is_plain_training():
+    sgd = {"momentum": 0.0}  # IST builds a fresh optimizer each round, as the code (plain SGD)
+    ist = train(mlp_config("ist", 1, optim=sgd), Comm(0, 1, CPU), CPU)
+    ref = train(mlp_config("single", 1, optim=sgd), Comm(0, 1, CPU), CPU)
+    assert ist.summary["bytes"] == 0
+    for a, b in zip(ist.model.state_dict().values(), ref.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _train_rank(rank, comm, cfg):
+    result = train(cfg, comm, CPU)
+    return {"summary": result.summary, "state": result.model.state_dict()}
+
+
+def test_both_sync_modes_give_identical_results(tmp_path):
+    runs = {}
+    for sync in ("centralized", "decentralized"):
+        cfg = mlp_config("ist", 2, protocol_kw={"local_steps": 3, "sync": sync})
+        runs[sync] = run_ranks(_train_rank, 2, tmp_path, cfg)[0]
+    a, b = runs["centralized"], runs["decentralized"]
+    assert a["summary"]["bytes"] == b["summary"]["bytes"]  # the paper convention: same
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key]), key
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_real_runs_learn_and_record_the_formula(tmp_path, workers):
+    cfg = mlp_config(
+        "ist",
+        workers,
+        results_dir=str(tmp_path),
+        model={"hidden": 256, "layers": 2},
+        protocol_kw={"local_steps": 5, "sync": "decentralized"},
+        train={"data_epochs": 8, "eval_every": 2},
+        optim={"momentum": 0.0, "lr": 0.1, "weight_decay": 0.0},
+    )
+    summary = execute(cfg)
+    assert summary["status"] == "completed" and summary["final_test_acc"] > 0.8, summary
+    model = MLP(64, 256, 2, 10, "ist")
+    per_round = IST.paper_bytes_per_round(cfg.protocol, model, workers)
+    assert summary["bytes"] == summary["rounds"] * per_round
+    # each worker gets 1/S of the first and last layers' weights and of its BN entries
+    h = 256 // workers
+    assert per_round == 2 * workers * 4 * (64 * h + 2 * h + 10 * h)
+
+
+def test_supports_refuses():
+    from suite.models.resnet import preact_resnet
+
+    cfg = IST.Config()
+
+    def info(m):
+        return ProblemInfo(m, "digits", 100, 4, "disjoint", 0)
+
+    assert "use model=mlp" in IST.supports(cfg, info(preact_resnet(18, 10, width=1 / 16)), 2)
+    assert "does not split into 3 equal groups" in IST.supports(cfg, info(MLP(4, 64, 2, 3)), 3)
+    assert IST.supports(cfg, info(MLP(4, 64, 2, 3)), 4) is None
+
+
+def _write_idx(path, array):
+    import gzip
+    import struct
+
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_format(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28))
+    labels = rng.integers(0, 10, 20)
+    for prefix, n in (("train", 20), ("t10k", 6)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[:n])
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
+    ds = load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    assert ds.train_x.shape == (20, 1, 28, 28) and ds.test_x.shape == (6, 1, 28, 28)
+    assert torch.equal(ds.train_x[3, 0], torch.from_numpy(images[3]).to(torch.uint8))
+    assert ds.test_y.tolist() == labels[:6].tolist()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="mnist not found or corrupted"):
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+
+
+def test_speech_commands_from_wav_files(tmp_path):
+    from scipy.io import wavfile
+
+    rng = np.random.default_rng(0)
+    names = []
+    for w, word in enumerate(SPEECH_WORDS[:3]):
+        (tmp_path / word).mkdir()
+        for speaker in range(6):
+            name = f"{speaker:08x}_nohash_{w}.wav"
+            length = 16000 if speaker % 2 else 12000  # short clips are zero-padded
+            tone = np.sin(np.arange(length) / 16000 * 2 * np.pi * (300 + 400 * w))
+            noise = rng.normal(0, 0.05, length)
+            wavfile.write(tmp_path / word / name, 16000, ((tone + noise) * 8000).astype(np.int16))
+            names.append((name, w))
+    ds = load_dataset(DataConfig(name="speech", root=str(tmp_path)))
+    order = sorted(names, key=lambda t: (SPEECH_WORDS[t[1]], t[0]))
+    expected_test = [w for n, w in order if speech_split(n) == "test"]
+    assert ds.train_x.shape[1:] == (1, 128, 32) and ds.num_classes == 35
+    assert ds.train_x.shape[0] + ds.test_x.shape[0] == 18
+    assert ds.test_y.tolist() == expected_test
+    assert float(ds.train_x.max()) == 0.0 and float(ds.train_x.min()) >= -80.0  # dB re max
+    cache = list((tmp_path / ".commbench-cache").glob("speech-*.pt"))
+    assert len(cache) == 1
+    again = load_dataset(DataConfig(name="speech", root=str(tmp_path)))  # from the cache
+    assert torch.equal(again.train_x, ds.train_x)
+    # The same speaker is always on the same side of the split.
+    assert speech_split("abc_nohash_0.wav") == speech_split("abc_nohash_7.wav")
+
+
+def test_mlp_models():
+    ist = MLP(64, 32, 3, 10, "ist")
+    assert all(layer.bias is None for layer in ist.hidden) and ist.out.bias is None
+    assert ist.out_norm is not None and not ist.out_norm.affine
+    out = ist(torch.randn(8, 1, 8, 8))
+    assert torch.allclose(out.exp().sum(1), torch.ones(8), atol=1e-5)  # log-probabilities
+    plain = MLP(64, 32, 2, 10, "plain")
+    assert plain.norms[0].track_running_stats and plain.out.bias is not None
+    with pytest.raises(ValueError, match="variant"):
+        MLP(4, 4, 2, 2, "wide")
+
+
+def test_mlp_config_runs_under_every_full_model_protocol():
+    for name in ("ddp", "localsgd", "single"):
+        cfg = dataclasses.replace(mlp_config(name, 1), model=ModelConfig(name="mlp", hidden=32))
+        assert train(cfg, Comm(0, 1, CPU), CPU).summary["steps"] > 0
