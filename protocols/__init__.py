@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from protocols.auxnet import AuxNet
 from protocols.base import ProblemInfo, Protocol, Work
 from protocols.ddp import DDP
 from protocols.ist import IST
@@ -16,7 +17,9 @@ from protocols.resist import ResIST
 from protocols.single import Single
 from suite.config import ConfigError, from_dict
 
-REGISTRY: dict[str, type[Protocol]] = {p.name: p for p in (DDP, IST, LocalSGD, ResIST, Single)}
+REGISTRY: dict[str, type[Protocol]] = {
+    p.name: p for p in (AuxNet, DDP, IST, LocalSGD, ResIST, Single)
+}
 
 __all__ = ["REGISTRY", "ProblemInfo", "Protocol", "Work", "build", "parse_config"]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from suite.dist import Comm
@@ -31,10 +32,17 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 @dataclass
 class Work:
-    """What a worker trains during a round."""
+    """What a worker trains during a round, and the loss it minimises."""
 
     module: nn.Module
     optimizer: torch.optim.Optimizer
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task loss of the module's output, unless the protocol set a local objective."""
+        if self.objective is not None:
+            return self.objective(x, y)
+        return F.cross_entropy(self.module(x), y)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class ProblemInfo:
     batch_size: int
     sharding: str
     seed: int = 0
+    image_size: int = 32
 
 
 class Protocol(ABC):
@@ -54,6 +63,10 @@ class Protocol(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    #: Data-parallel protocols give each rank its own batches (``data.sharding``); a
+    #: layer-parallel one, where ranks hold different parts of one network, sets this so
+    #: every rank gets the same batch, and a step then consumes one batch, not S.
+    same_batch_on_all_ranks: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -104,6 +117,10 @@ class Protocol(ABC):
     def eval_model(self) -> nn.Module:
         """The full global model, as a user would deploy it."""
         return self.model
+
+    def stats(self) -> dict[str, float]:
+        """Protocol-specific measurements for the summary (reduced by max over ranks)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, beyond the model's own weights."""

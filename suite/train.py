@@ -46,8 +46,8 @@ class Budget:
     eval_every: float
 
     @classmethod
-    def of(cls, cfg: RunConfig, num_train: int) -> Budget:
-        per_step = cfg.data.batch_size * cfg.workers
+    def of(cls, cfg: RunConfig, num_train: int, same_batch: bool = False) -> Budget:
+        per_step = cfg.data.batch_size * (1 if same_batch else cfg.workers)
         steps = max(1, math.ceil(cfg.train.data_epochs * num_train / per_step))
         return cls(steps, per_step, num_train, cfg.train.eval_every)
 
@@ -126,7 +126,13 @@ class Clock:
 
 def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemInfo:
     return ProblemInfo(
-        model, ds.name, ds.num_train, cfg.data.batch_size, cfg.data.sharding, cfg.seed
+        model,
+        ds.name,
+        ds.num_train,
+        cfg.data.batch_size,
+        cfg.data.sharding,
+        cfg.seed,
+        ds.image_size,
     )
 
 
@@ -147,10 +153,11 @@ def train(
     comm.broadcast_(list(model.state_dict().values()))  # identical start (not counted)
     protocol = protocols.build(cfg.protocol)
     protocol.setup(model, comm, make_optimizer_factory(cfg.optim), problem_info(cfg, ds, model))
+    same = protocol.same_batch_on_all_ranks  # layer-parallel: every rank gets one batch
     batches = TrainBatches(
         ds,
-        comm.rank,
-        comm.world_size,
+        0 if same else comm.rank,
+        1 if same else comm.world_size,
         cfg.data.batch_size,
         cfg.data.sharding,
         cfg.seed,
@@ -158,7 +165,7 @@ def train(
         cfg.data.augment,
     )
     test = eval_batches(ds, cfg.data.eval_batch_size, device) if record is not None else []
-    budget = Budget.of(cfg, ds.num_train)
+    budget = Budget.of(cfg, ds.num_train, same)
     clock = Clock(device)
     progress = _progress(budget.steps, cfg, record is not None)
 
@@ -176,7 +183,7 @@ def train(
             lr = learning_rate(cfg.optim, step, budget.steps)
             for group in work.optimizer.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(work.module(x), y)
+            loss = work.loss(x, y)
             work.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             protocol.after_backward(work)
@@ -213,6 +220,8 @@ def train(
     clock.stop()
     if progress is not None:
         progress.close()
+    names = sorted(protocol.stats())
+    values = comm.reduce_stats([protocol.stats()[n] for n in names], op="max") if names else []
     summary = {
         "status": status,
         "protocol": cfg.protocol_name,
@@ -231,6 +240,7 @@ def train(
         "steps": step,
         "rounds": rnd,
         "data_epochs": budget.epoch(step),
+        "protocol_stats": dict(zip(names, values, strict=True)),
     }
     if record is not None:
         record.write_summary(summary)

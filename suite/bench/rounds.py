@@ -21,40 +21,14 @@ import tempfile
 from typing import Any
 
 import torch
-from torch import nn
 
 import protocols
 from suite.bench import write_record
 from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
 from suite.launch import execute
+from suite.models.flops import count_macs
 from suite.train import build
-
-
-def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass through convolutions and linear layers."""
-    total = 0
-
-    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_out = (
-                module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            )
-            total += output.numel() * per_out
-        elif isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return total
 
 
 def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:

@@ -77,6 +77,17 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+class Head(nn.Module):
+    """Global average pooling and the classifier: the network's last unit."""
+
+    def __init__(self, fc: nn.Linear) -> None:
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class PreActResNet(nn.Module):
     """Pre-activation ResNet of basic blocks; ``stages[i]`` holds stage i+1's blocks."""
 
@@ -113,6 +124,11 @@ class PreActResNet(nn.Module):
     def blocks(self) -> list[PreActBlock]:
         """All residual blocks in forward order."""
         return [b for b in self.stages.modules() if isinstance(b, PreActBlock)]
+
+    def units(self) -> list[nn.Module]:
+        """The network as consecutive units (stem, every block, head); chaining them is
+        ``forward``. The head wraps ``fc`` itself, so training a unit trains the model."""
+        return [self.stem, *self.blocks(), Head(self.fc)]
 
     def partitionable_blocks(self) -> list[PreActBlock]:
         """Blocks ResIST deals out: stage 3's non-first (non-strided) blocks."""

@@ -1,0 +1,252 @@
+"""Layer-parallel training with auxiliary-variable networks (AuxNets)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state
+from suite.dist import Comm
+from suite.models.flops import count_macs
+
+
+def balanced_cuts(costs: list[int], parts: int) -> list[int]:
+    """Start indices of ``parts`` consecutive non-empty pieces of near-equal total cost."""
+    if not 1 <= parts <= len(costs):
+        raise ValueError(f"cannot cut {len(costs)} units into {parts} modules")
+    total, prefix, cuts = sum(costs), 0, [0]
+    for i, cost in enumerate(costs):
+        k = len(cuts)
+        if k == parts:
+            break
+        # cut before unit i+1 once this piece reaches its share, keeping units for the rest
+        prefix += cost
+        room = len(costs) - (i + 1) >= parts - k
+        if room and (prefix >= total * k / parts or len(costs) - (i + 1) == parts - k):
+            cuts.append(i + 1)
+    return cuts
+
+
+class AuxNetwork(nn.Module):
+    """A low-capacity net mapping the (augmented) raw batch to a module's input."""
+
+    def __init__(self, in_ch: int, out_shape: tuple[int, ...], in_size: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        ]
+        size = in_size
+        while size > out_shape[1]:
+            layers += [
+                nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+            ]
+            size = (size + 1) // 2
+        layers.append(nn.Conv2d(width, out_shape[0], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class AuxNet(Protocol):
+    """Layer-parallel training with auxiliary variables (Sun, Dong, Chen, Sun, Li, Dong;
+    arXiv 2112.05387; only the outline is public: shared/reference/protocols.md §3).
+
+    The ResNet is cut into K = S consecutive modules at unit (stem, block, head)
+    boundaries balanced by multiply-accumulates; rank k trains module k. Module k > 1
+    reads its input z_k from an AuxNet applied to the raw batch (no per-sample variables
+    are stored, augmentation works). Every rank sees the same batch and all modules run
+    forward and backward at once. Module k < K minimises the penalty ρ/2·‖h_k − z_{k+1}‖²
+    against the next module's auxiliary input (received from rank k+1); module K the task
+    loss. The auxiliary variable takes one gradient step on its own objective, the next
+    module's loss plus the penalty to h_{k−1}; the AuxNet is trained to reproduce it.
+    With ``coupling=lagrangian`` a multiplier (one per feature, shared over samples)
+    turns the penalty into an augmented Lagrangian. Neighbours exchange h_k and z_k each
+    step: 2·(|h_k| + |z_{k+1}|)·4 bytes per link, summed over links (paper convention =
+    what is sent plus received). Evaluation chains the modules: the serial network.
+    K = 1 is plain training.
+    """
+
+    name = "auxnet"
+    same_batch_on_all_ranks = True
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "auxnet"
+        penalty: float = 10.0  # ρ at the start
+        penalty_growth: float = 1.0  # ρ multiplied by this every round (a schedule)
+        coupling: Literal["penalty", "lagrangian"] = "penalty"
+        aux_lr: float = 0.1  # step size of the auxiliary-variable update
+        aux_width: int = 16  # channels of the AuxNets
+        cuts: tuple[int, ...] = ()  # unit indices where modules start; () = balanced
+
+    @classmethod
+    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+        units = getattr(info.model, "units", None)
+        if units is None:
+            return "protocol=auxnet cuts a ResNet into modules: use model=preact_resnet"
+        n = len(units())
+        if workers > n:
+            return f"protocol=auxnet: {workers} modules but the network has only {n} units"
+        if cfg.cuts and (
+            len(cfg.cuts) != workers
+            or cfg.cuts[0] != 0
+            or list(cfg.cuts) != sorted(set(cfg.cuts))
+            or cfg.cuts[-1] >= n
+        ):
+            return (
+                f"protocol.cuts must be {workers} increasing unit indices starting at 0 "
+                f"and below {n}, got {list(cfg.cuts)}"
+            )
+        return None
+
+    def setup(
+        self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
+    ) -> None:
+        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
+        self.k, self.size = comm.rank, comm.world_size
+        units: list[nn.Module] = model.units()  # type: ignore[operator]
+        device = next(model.parameters()).device
+        x = torch.zeros(2, *info_shape(info), device=device)
+        shapes, costs, h = [], [], x
+        macs = count_macs(model, x, per_module=True)
+        for u in units:
+            shapes.append(tuple(h.shape[1:]))
+            h = u(h)
+            costs.append(sum(v for m, v in macs.items() if any(m is q for q in u.modules())))
+        self.cuts = list(self.cfg.cuts) or balanced_cuts(costs, self.size)
+        bounds = [*self.cuts, len(units)]
+        self.modules_ = [nn.Sequential(*units[a:b]) for a, b in itertools.pairwise(bounds)]
+        self.module = self.modules_[self.k]
+        self.in_shape = shapes[bounds[self.k]]
+        self.out_shape = shapes[bounds[self.k + 1]] if self.k + 1 < self.size else None
+        self.aux: AuxNetwork | None = None
+        params = list(self.module.parameters())
+        if self.k > 0:
+            with torch.random.fork_rng(devices=[]):  # the same AuxNet start on every run
+                torch.manual_seed(info.seed * 1000 + self.k)
+                width = self.cfg.aux_width
+                self.aux = AuxNetwork(x.shape[1], self.in_shape, x.shape[-1], width).to(device)
+            params += list(self.aux.parameters())
+        self.rho = self.cfg.penalty
+        self.multiplier: torch.Tensor | None = None
+        self.times = {"aux": 0.0, "forward": 0.0, "backward": 0.0}
+        self.gap = torch.zeros(())
+        self._mark = 0.0
+        self.work = Work(self.module, make_optimizer(params), self._objective)
+
+    def _objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The local loss of this rank's module (and AuxNet) on the shared batch."""
+        t0 = time.perf_counter()
+        z = self.aux(x) if self.aux is not None else x
+        t1 = time.perf_counter()
+        z_in = z.detach().requires_grad_(self.aux is not None)
+        h = self.module(z_in)
+        # Neighbours: send h_k up and z_k down; receive z_{k+1} and h_{k-1}.
+        batch = x.shape[0]
+        sends, recvs = {}, {}
+        if self.k + 1 < self.size:
+            sends[self.k + 1] = h.detach().contiguous()
+            assert self.out_shape is not None
+            recvs[self.k + 1] = torch.empty(batch, *self.out_shape, device=x.device)
+        if self.k > 0:
+            sends[self.k - 1] = z.detach().contiguous()
+            recvs[self.k - 1] = torch.empty(batch, *self.in_shape, device=x.device)
+        before = self.comm.bytes_moved
+        self.comm.exchange(sends, recvs)
+        self.comm.count_paper(self.comm.bytes_moved - before)
+        if self.k + 1 < self.size:
+            gap = h - recvs[self.k + 1]
+            self.gap = gap.detach().pow(2).mean()  # a tensor: no host sync per step
+            if self.cfg.coupling == "lagrangian":
+                if self.multiplier is None:
+                    self.multiplier = torch.zeros_like(gap[0])
+                gap = gap + self.multiplier / self.rho
+                self.multiplier = self.multiplier + self.rho * (
+                    h - recvs[self.k + 1]
+                ).detach().mean(0)
+            loss = 0.5 * self.rho * gap.pow(2).mean()
+        else:
+            loss = F.cross_entropy(h, y)
+        t2 = time.perf_counter()
+        if self.aux is not None:
+            # One gradient step on the auxiliary variable's objective: this module's loss
+            # plus the penalty to the previous module's output; the AuxNet regresses it.
+            (grad,) = torch.autograd.grad(loss, z_in, retain_graph=True)
+            pull = self.rho * (z_in - recvs[self.k - 1])
+            target = (z_in - self.cfg.aux_lr * (grad * batch + pull / z_in[0].numel())).detach()
+            loss = loss + F.mse_loss(z, target)
+        self.times["aux"] += t1 - t0
+        self.times["forward"] += t2 - t1
+        self._mark = time.perf_counter()
+        return loss
+
+    def after_backward(self, work: Work) -> None:
+        self.times["backward"] += time.perf_counter() - self._mark
+
+    def end_round(self, r: int, work: Work) -> None:
+        self.rho *= self.cfg.penalty_growth
+
+    def stats(self) -> dict[str, float]:
+        """Seconds spent in this rank's AuxNet forward, module forward (with the exchange)
+        and backward; the penalty gap ‖h_k − z_{k+1}‖² of the last step (0 on rank K)."""
+        return {
+            "aux_s": self.times["aux"],
+            "forward_s": self.times["forward"],
+            "backward_s": self.times["backward"],
+            "gap": float(self.gap),
+        }
+
+    @torch.no_grad()
+    def gather_for_eval(self) -> None:
+        """Every module's weights to rank 0, which then holds the serial network."""
+        if self.size == 1:
+            return
+        if self.k == 0:
+            recvs = {
+                k: torch.empty(sum(t.numel() for t in float_state(m)))
+                for k, m in enumerate(self.modules_)
+                if k > 0
+            }
+            self.comm.exchange({}, recvs)
+            for k, flat in recvs.items():
+                offset = 0
+                for t in float_state(self.modules_[k]):
+                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                    offset += t.numel()
+        else:
+            flat = torch.cat([t.reshape(-1) for t in float_state(self.module)])
+            self.comm.exchange({0: flat}, {})
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.work.optimizer.state_dict(),
+            "rho": self.rho,
+            "multiplier": self.multiplier,
+            "times": dict(self.times),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.work.optimizer.load_state_dict(state["optimizer"])
+        self.rho, self.multiplier = state["rho"], state["multiplier"]
+        self.times = dict(state["times"])
+
+
+def info_shape(info: ProblemInfo) -> tuple[int, int, int]:
+    """(channels, size, size) of the data set's inputs, from the model's stem."""
+    stem = info.model.get_submodule("stem")
+    assert isinstance(stem, nn.Conv2d)
+    return (stem.in_channels, info.image_size, info.image_size)

@@ -1,0 +1,133 @@
+"""Layer-parallel training with AuxNets: cuts, locality of gradients, coupling, learning."""
+
+import pytest
+import torch
+from helpers import run_ranks, tiny_config
+
+import protocols
+from protocols.auxnet import AuxNet, balanced_cuts
+from protocols.base import ProblemInfo
+from suite.config import DataConfig
+from suite.data import TrainBatches, load_dataset
+from suite.launch import execute
+from suite.models.resnet import preact_resnet
+from suite.train import make_optimizer_factory
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 4, 7])
+def test_balanced_cuts_cover_every_unit_once(parts):
+    costs = [5, 1, 1, 1, 9, 2, 2, 2, 3, 1]
+    cuts = balanced_cuts(costs, parts)
+    assert cuts[0] == 0 and len(cuts) == parts and cuts == sorted(set(cuts))
+    pieces = [costs[a:b] for a, b in zip(cuts, [*cuts[1:], len(costs)], strict=True)]
+    assert (
+        all(pieces) and [c for piece in pieces for c in piece] == costs
+    )  # consecutive, non-empty, complete
+    assert max(map(sum, pieces)) <= sum(costs) / parts + max(costs)
+
+
+def _info(model):
+    return ProblemInfo(model, "digits", 1437, 16, "disjoint", 0, 8)
+
+
+def _setup(rank, comm, **cfg):
+    torch.manual_seed(0)
+    model = preact_resnet(34, 10, in_channels=1, width=1 / 16)
+    proto = protocols.build(protocols.parse_config({"name": "auxnet", **cfg}))
+    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))
+    return model, proto
+
+
+def _cuts_and_gradients(rank, comm):
+    model, proto = _setup(rank, comm)
+    x = torch.randn(4, 1, 8, 8)
+    chained = x
+    for module in proto.modules_:
+        chained = module(chained)
+    mine = {id(p) for p in proto.module.parameters()}
+    aux = {id(p) for p in proto.aux.parameters()} if proto.aux is not None else set()
+    owned = [{id(p) for p in m.parameters()} for m in proto.modules_]
+    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    xb, yb = next(batches)
+    work = proto.begin_round(0)
+    work.optimizer.zero_grad()
+    work.loss(xb, yb).backward()
+    aux_params = list(proto.aux.parameters()) if proto.aux is not None else []
+    touched = {
+        id(p)
+        for p in [*model.parameters(), *aux_params]
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
+    return {
+        "chain_equals_serial": torch.equal(chained, model(x)),
+        "disjoint": all(a.isdisjoint(b) for i, a in enumerate(owned) for b in owned[i + 1 :]),
+        "complete": set().union(*owned) == {id(p) for p in model.parameters()},
+        "touched_only_mine": touched <= mine | aux,
+        "module_grad_fraction": len(mine & touched) / len(mine),
+        "aux_has_grads": aux <= touched,
+        "bytes": comm.bytes_paper,
+        "cuts": proto.cuts,
+    }
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_cuts_cover_the_network_and_gradients_stay_local(tmp_path, workers):
+    results = run_ranks(_cuts_and_gradients, workers, tmp_path)
+    for rank, r in enumerate(results):
+        assert r["chain_equals_serial"] and r["disjoint"] and r["complete"], (rank, r)
+        assert r["touched_only_mine"], rank  # no gradient leaks into another module
+        assert r["aux_has_grads"] and r["module_grad_fraction"] > 0.9, (rank, r)
+        assert r["bytes"] > 0
+    assert all(r["cuts"] == results[0]["cuts"] for r in results)
+
+
+def _gap_after(rank, comm, growth, steps):
+    _, proto = _setup(rank, comm, penalty=1.0, penalty_growth=growth)
+    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    gaps = []
+    for r in range(steps):
+        work = proto.begin_round(r)
+        x, y = next(batches)
+        loss = work.loss(x, y)
+        work.optimizer.zero_grad()
+        loss.backward()
+        proto.after_backward(work)
+        work.optimizer.step()
+        proto.end_round(r, work)
+        gaps.append(float(proto.gap))
+    return gaps
+
+
+def test_a_growing_penalty_drives_modules_to_agree(tmp_path):
+    """‖h_1 − z_2‖² (module 1's output vs module 2's auxiliary input) shrinks as ρ grows."""
+    gaps = run_ranks(_gap_after, 2, tmp_path, 1.05, 60)[0]
+    assert sum(gaps[-10:]) < 0.5 * sum(gaps[:10])
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_real_runs_learn(tmp_path, workers):
+    cfg = tiny_config(
+        "auxnet",
+        workers,
+        results_dir=str(tmp_path),
+        model={"depth": 34},
+        train={"data_epochs": 6, "eval_every": 2},
+    )
+    summary = execute(cfg)
+    assert summary["status"] == "completed", summary
+    assert summary["final_test_acc"] > 0.3  # chance: 0.1
+    stats = summary["protocol_stats"]
+    assert stats["forward_s"] > 0 and stats["backward_s"] > 0 and stats["aux_s"] > 0
+
+
+def test_supports_refuses():
+    from suite.models.mlp import MLP
+
+    cfg = AuxNet.Config()
+    assert "use model=preact_resnet" in AuxNet.supports(cfg, _info(MLP(64, 8, 2, 10)), 2)
+    small = preact_resnet(18, 10, width=1 / 16)  # stem + 8 blocks + head = 10 units
+    assert "only 10 units" in AuxNet.supports(cfg, _info(small), 11)
+    bad = AuxNet.Config(cuts=(0, 5, 3))
+    assert "increasing unit indices" in AuxNet.supports(bad, _info(small), 3)
