@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -89,6 +90,8 @@ class AuxNet(Protocol):
         aux_lr: float = 0.1  # step size of the auxiliary-variable update
         aux_width: int = 16  # channels of the AuxNets
         cuts: tuple[int, ...] = ()  # unit indices where modules start; () = balanced
+        warmup_epochs: float = 0.0  # data-epochs of serial backprop (pipelined) first
+        finetune_epochs: float = 0.0  # data-epochs of serial backprop at the end
 
     @classmethod
     def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
@@ -143,7 +146,52 @@ class AuxNet(Protocol):
         self.times = {"aux": 0.0, "forward": 0.0, "backward": 0.0}
         self.gap = torch.zeros(())
         self._mark = 0.0
-        self.work = Work(self.module, make_optimizer(params), self._objective)
+        # Serial phases, in steps (every rank sees every batch: one batch per step).
+        steps = info.num_train / info.batch_size
+        self.serial_until = round(self.cfg.warmup_epochs * steps)
+        self.serial_from = (
+            round((info.data_epochs - self.cfg.finetune_epochs) * steps)
+            if self.cfg.finetune_epochs > 0
+            else math.inf
+        )
+        self.step = 0
+        self._input: torch.Tensor | None = None
+        self.work = Work(self.module, make_optimizer(params), self._loss)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        serial = self.step < self.serial_until or self.step >= self.serial_from
+        self.step += 1
+        return self._serial(x, y) if serial and self.size > 1 else self._objective(x, y)
+
+    def _serial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Plain backpropagation through the chained modules, pipelined over the ranks:
+        activations go up in the forward pass, input gradients come down after backward."""
+        batch = x.shape[0]
+        t0 = time.perf_counter()
+        if self.k == 0:
+            inp = x
+        else:
+            inp = torch.empty(batch, *self.in_shape, device=x.device)
+            self._p2p({}, {self.k - 1: inp})
+            inp.requires_grad_(True)
+        self._input = inp if self.k > 0 else None
+        h = self.module(inp)
+        if self.k + 1 < self.size:
+            assert self.out_shape is not None
+            grad = torch.empty(batch, *self.out_shape, device=x.device)
+            self._p2p({self.k + 1: h.detach().contiguous()}, {})
+            self._p2p({}, {self.k + 1: grad})
+            loss = (h * grad).sum()  # backward of this surrogate is backprop of the chain
+        else:
+            loss = F.cross_entropy(h, y)
+        self.times["forward"] += time.perf_counter() - t0
+        self._mark = time.perf_counter()
+        return loss
+
+    def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
+        before = self.comm.bytes_moved
+        self.comm.exchange(sends, recvs)
+        self.comm.count_paper(self.comm.bytes_moved - before)
 
     def _objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The local loss of this rank's module (and AuxNet) on the shared batch."""
@@ -162,9 +210,7 @@ class AuxNet(Protocol):
         if self.k > 0:
             sends[self.k - 1] = z.detach().contiguous()
             recvs[self.k - 1] = torch.empty(batch, *self.in_shape, device=x.device)
-        before = self.comm.bytes_moved
-        self.comm.exchange(sends, recvs)
-        self.comm.count_paper(self.comm.bytes_moved - before)
+        self._p2p(sends, recvs)
         if self.k + 1 < self.size:
             gap = h - recvs[self.k + 1]
             self.gap = gap.detach().pow(2).mean()  # a tensor: no host sync per step
@@ -193,6 +239,10 @@ class AuxNet(Protocol):
 
     def after_backward(self, work: Work) -> None:
         self.times["backward"] += time.perf_counter() - self._mark
+        if self._input is not None:  # a serial step: hand the input gradient down
+            assert self._input.grad is not None
+            self._p2p({self.k - 1: self._input.grad.contiguous()}, {})
+            self._input = None
 
     def end_round(self, r: int, work: Work) -> None:
         self.rho *= self.cfg.penalty_growth
@@ -235,6 +285,7 @@ class AuxNet(Protocol):
         return {
             "optimizer": self.work.optimizer.state_dict(),
             "rho": self.rho,
+            "step": self.step,
             "multiplier": self.multiplier,
             "times": dict(self.times),
         }
@@ -242,6 +293,7 @@ class AuxNet(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.work.optimizer.load_state_dict(state["optimizer"])
         self.rho, self.multiplier = state["rho"], state["multiplier"]
+        self.step = int(state["step"])
         self.times = dict(state["times"])
 
 

@@ -56,6 +56,7 @@ class ProblemInfo:
     sharding: str
     seed: int = 0
     image_size: int = 32
+    data_epochs: float = 1.0  # the run's budget
 
 
 class Protocol(ABC):

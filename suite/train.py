@@ -133,6 +133,7 @@ def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemI
         cfg.data.sharding,
         cfg.seed,
         ds.image_size,
+        cfg.train.data_epochs,
     )
 
 

@@ -9,9 +9,10 @@ from protocols.auxnet import AuxNet, balanced_cuts
 from protocols.base import ProblemInfo
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
+from suite.dist import Comm
 from suite.launch import execute
 from suite.models.resnet import preact_resnet
-from suite.train import make_optimizer_factory
+from suite.train import make_optimizer_factory, train
 
 CPU = torch.device("cpu")
 
@@ -131,3 +132,21 @@ def test_supports_refuses():
     assert "only 10 units" in AuxNet.supports(cfg, _info(small), 11)
     bad = AuxNet.Config(cuts=(0, 5, 3))
     assert "increasing unit indices" in AuxNet.supports(bad, _info(small), 3)
+
+
+def _train_rank(rank, comm, cfg):
+    result = train(cfg, comm, CPU)
+    return {"summary": result.summary, "state": result.model.state_dict()}
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_serial_phase_is_backprop_through_the_chained_modules(tmp_path, workers):
+    """A warm-up covering the whole budget is ordinary training, pipelined over ranks."""
+    common = {"model": {"depth": 34}, "train": {"data_epochs": 0.3, "eval_every": 0.3}}
+    cfg = tiny_config("auxnet", workers, protocol_kw={"warmup_epochs": 100.0}, **common)
+    parallel = run_ranks(_train_rank, workers, tmp_path, cfg)[0]
+    serial = train(tiny_config("single", 1, **common), Comm(0, 1, CPU), CPU)
+    assert parallel["summary"]["steps"] == serial.summary["steps"] >= 10
+    assert parallel["summary"]["bytes"] > 0
+    for key, value in serial.model.state_dict().items():
+        assert torch.allclose(parallel["state"][key], value, atol=1e-5), key
