@@ -122,7 +122,7 @@ def test_committed_reference_runs_keep_their_names():
     import yaml
 
     folders = sorted((Path(__file__).parent.parent / "results" / "reference").glob("digits-*"))
-    assert len(folders) == 18
+    assert len(folders) == 30
     for folder in folders:
         cfg = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text()))
         assert cfg.run_name() == folder.name

@@ -70,7 +70,8 @@ def generate(
             "train_time",
             analysis.time_table(runs, baseline),
             f"Total training time (s, evaluation excluded) and speedup over {baseline}",
-            "Speedup = baseline mean time / protocol mean time at the same data set and workers; "
+            "Speedup = baseline mean time / protocol mean time at the same data set, workers and "
+            "model (\u2014: no baseline run on that model); "
             "the 'all' rows are geometric means over settings.",
         ),
         (

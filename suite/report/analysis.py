@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SETTING = ["data", "workers", "protocol"]
+SETTING = ["data", "workers", "protocol", "model"]
 
 
 def summarize(values: pd.Series) -> dict[str, float]:
@@ -52,13 +52,14 @@ def _status_note(group: pd.DataFrame) -> str:
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Final test accuracy (%) per data set × protocol × workers over completed seeds."""
     rows = []
-    for (data, workers, protocol), group in runs.groupby(SETTING, sort=True):
+    for (data, workers, protocol, model), group in runs.groupby(SETTING, sort=True):
         done = group[group.status == "completed"]
         s = summarize(done["final_test_acc"])
         rows.append(
             {
                 "data": data,
                 "protocol": protocol,
+                "model": model,
                 "workers": workers,
                 "test acc (%)": fmt(s, 100),
                 "95% CI": "—" if math.isnan(s["ci95"]) else f"± {100 * s['ci95']:.2f}",
@@ -70,9 +71,12 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _speedups(table: pd.DataFrame, value: str, baseline: str) -> pd.Series:
-    base = table[table.protocol == baseline].set_index(["data", "workers"])[value]
+    # Against the baseline on the same data, workers and model: other models don't compare.
+    base = table[table.protocol == baseline].set_index(["data", "workers", "model"])[value]
     return table.apply(
-        lambda r: base.get((r.data, r.workers), math.nan) / r[value] if r[value] else math.nan,
+        lambda r: (
+            base.get((r.data, r.workers, r.model), math.nan) / r[value] if r[value] else math.nan
+        ),
         axis=1,
     )
 
@@ -81,20 +85,21 @@ def time_table(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Total training time (s) and speedup over ``baseline`` at the same data and workers."""
     done = runs[runs.status == "completed"]
     rows = []
-    for (data, workers, protocol), group in done.groupby(SETTING, sort=True):
+    for (data, workers, protocol, model), group in done.groupby(SETTING, sort=True):
         s = summarize(group["train_s"])
         rows.append(
             {
                 "data": data,
                 "workers": workers,
                 "protocol": protocol,
+                "model": model,
                 "mean": s["mean"],
                 "train time (s)": fmt(s, 1, 1),
                 "n": s["n"],
             }
         )
     table = pd.DataFrame(
-        rows, columns=["data", "workers", "protocol", "mean", "train time (s)", "n"]
+        rows, columns=["data", "workers", "protocol", "model", "mean", "train time (s)", "n"]
     )
     table["speedup"] = _speedups(table, "mean", baseline)
     return _with_geomean(table, baseline)
@@ -109,7 +114,7 @@ def time_to_target(
         hit = metrics[metrics.test_acc >= target]
         reached = hit.groupby("run")["train_s"].min().to_dict()
     rows = []
-    for (data, workers, protocol), group in runs.groupby(SETTING, sort=True):
+    for (data, workers, protocol, model), group in runs.groupby(SETTING, sort=True):
         times = pd.Series([reached.get(r, math.nan) for r in group.run])
         s = summarize(times)
         rows.append(
@@ -117,6 +122,7 @@ def time_to_target(
                 "data": data,
                 "workers": workers,
                 "protocol": protocol,
+                "model": model,
                 "mean": s["mean"],
                 f"time to {100 * target:g}% (s)": fmt(s, 1, 1),
                 "reached": f"{s['n']}/{len(group)}",
@@ -140,6 +146,7 @@ def _with_geomean(table: pd.DataFrame, baseline: str, label: str = "n") -> pd.Da
                     "data": "all",
                     "workers": "all",
                     "protocol": protocol,
+                    "model": "all",
                     "speedup": g,
                     label: "geo. mean",
                 }
@@ -158,12 +165,13 @@ def comm_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
     done["gb_round"] = done["bytes"] / done["rounds"] / 1e9
     done["moved_round"] = done["bytes_moved"] / done["rounds"] / 1e9
     rows = []
-    for (data, workers, protocol), group in done.groupby(SETTING, sort=True):
+    for (data, workers, protocol, model), group in done.groupby(SETTING, sort=True):
         rows.append(
             {
                 "data": data,
                 "workers": workers,
                 "protocol": protocol,
+                "model": model,
                 "local steps": int(group.local_steps.iloc[0]),
                 "GB per round (paper)": _num(group.gb_round.mean()),
                 "GB per round (moved)": _num(group.moved_round.mean()),

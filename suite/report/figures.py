@@ -8,6 +8,7 @@ band of ± one standard deviation over seeds (n shown in the legend).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -39,7 +40,8 @@ def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 def band(metrics: pd.DataFrame, x: str, y: str, points: int = 60) -> pd.DataFrame:
     """Per (data, workers, protocol): mean and std of ``y`` over runs on a common ``x`` grid."""
     rows = []
-    for (data, workers, protocol), group in metrics.groupby(["data", "workers", "protocol"]):
+    keys = ["data", "workers", "protocol", "model"]
+    for (data, workers, protocol, model), group in metrics.groupby(keys):
         curves = [g.sort_values(x) for _, g in group.groupby("run") if len(g) > 0]
         # Where every seed has data: from the latest first point to the earliest last one.
         start = max(float(c[x].min()) for c in curves)
@@ -56,6 +58,7 @@ def band(metrics: pd.DataFrame, x: str, y: str, points: int = 60) -> pd.DataFram
                     "data": data,
                     "workers": workers,
                     "protocol": protocol,
+                    "model": model,
                     x: g,
                     "mean": m,
                     "std": s,
@@ -78,9 +81,21 @@ def curves(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (_, panel) in zip(axes[0], panels.iterrows(), strict=True):
         sub = b[(b.data == panel.data) & (b.workers == panel.workers)]
-        for protocol, g in sub.groupby("protocol"):
+        several = sub.model.nunique() > 1  # then name the model and vary the line style
+        styles = {
+            m: s
+            for m, s in zip(sorted(sub.model.unique()), ["-", "--", ":", "-."] * 4, strict=False)
+        }
+        for (protocol, model), g in sub.groupby(["protocol", "model"]):
             color = palette[protocol]
-            ax.plot(g[x], 100 * g["mean"], color=color, label=f"{protocol} (n={g.n.iloc[0]})")
+            label = f"{protocol} on {model}" if several else protocol
+            ax.plot(
+                g[x],
+                100 * g["mean"],
+                color=color,
+                linestyle=styles[model],
+                label=f"{label} (n={g.n.iloc[0]})",
+            )
             ax.fill_between(
                 g[x],
                 100 * (g["mean"] - g["std"]),
@@ -94,8 +109,21 @@ def curves(
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=8, loc="lower right")
+    # One legend for all panels, below them, so no curve is hidden.
+    entries: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
     fig.tight_layout()
+    fig.legend(
+        entries.values(),
+        entries.keys(),
+        loc="upper center",
+        fontsize=8,
+        ncol=min(3, len(entries)),
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+    )
     return save(fig, out, name)
 
 
