@@ -61,7 +61,7 @@ def validate(cfg: RunConfig) -> None:
     uses_cuda = cfg.launcher.device == "cuda" or (
         cfg.launcher.device == "auto" and torch.cuda.is_available()
     )
-    if uses_cuda and cfg.workers > torch.cuda.device_count() and _local_spawn(cfg):
+    if uses_cuda and cfg.workers > torch.cuda.device_count() and _scheduler_tasks() <= 1:
         raise ConfigError(
             f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
             "needs one GPU per rank; use fewer workers or launcher.device=cpu"
@@ -82,20 +82,23 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(reason)
 
 
-def _local_spawn(cfg: RunConfig) -> bool:
-    return _scheduler_rank() is None
-
-
-def _scheduler_rank() -> Rendezvous | None:
-    """A rank given by a scheduler that started one task per worker (submitit / SLURM)."""
+def _scheduler_tasks() -> int:
+    """How many tasks the scheduler started for this job (1 outside submitit / SLURM)."""
     try:
         import submitit
 
-        env = submitit.JobEnvironment()
+        return int(submitit.JobEnvironment().num_tasks)
     except (ImportError, RuntimeError):
+        return 1
+
+
+def _scheduler_rank() -> Rendezvous | None:
+    """This task's rank when a scheduler started one task per worker (submitit / SLURM);
+    exports MASTER_ADDR, RANK, ... for the process group."""
+    if _scheduler_tasks() <= 1:
         return None
-    if env.num_tasks <= 1:
-        return None
+    import submitit
+
     dist_env = submitit.helpers.TorchDistributedEnvironment()
     dist_env.export(set_cuda_visible_devices=torch.cuda.is_available(), overwrite=True)
     return Rendezvous(dist_env.rank, dist_env.world_size)

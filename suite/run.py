@@ -9,7 +9,6 @@ Examples::
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -19,8 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from protocols.resist import PAPER_MIN_DEPTH
 from suite.config import ConfigError, parse_run_config
 from suite.launch import execute
-
-log = logging.getLogger("suite")
 
 
 def paper_min_depth(workers: int) -> int:

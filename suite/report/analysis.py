@@ -52,15 +52,13 @@ def _status_note(group: pd.DataFrame) -> str:
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Final test accuracy (%) per data set × protocol × workers over completed seeds."""
     rows = []
-    for (data, workers, protocol, model), group in runs.groupby(SETTING, sort=True):
+    for key, group in runs.groupby(SETTING, sort=True):
+        setting = dict(zip(SETTING, key, strict=True))
         done = group[group.status == "completed"]
         s = summarize(done["final_test_acc"])
         rows.append(
             {
-                "data": data,
-                "protocol": protocol,
-                "model": model,
-                "workers": workers,
+                **{k: setting[k] for k in ("data", "protocol", "model", "workers")},
                 "test acc (%)": fmt(s, 100),
                 "95% CI": "—" if math.isnan(s["ci95"]) else f"± {100 * s['ci95']:.2f}",
                 "n": s["n"],
@@ -85,14 +83,12 @@ def time_table(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Total training time (s) and speedup over ``baseline`` at the same data and workers."""
     done = runs[runs.status == "completed"]
     rows = []
-    for (data, workers, protocol, model), group in done.groupby(SETTING, sort=True):
+    for key, group in done.groupby(SETTING, sort=True):
+        setting = dict(zip(SETTING, key, strict=True))
         s = summarize(group["train_s"])
         rows.append(
             {
-                "data": data,
-                "workers": workers,
-                "protocol": protocol,
-                "model": model,
+                **setting,
                 "mean": s["mean"],
                 "train time (s)": fmt(s, 1, 1),
                 "n": s["n"],
@@ -114,15 +110,13 @@ def time_to_target(
         hit = metrics[metrics.test_acc >= target]
         reached = hit.groupby("run")["train_s"].min().to_dict()
     rows = []
-    for (data, workers, protocol, model), group in runs.groupby(SETTING, sort=True):
+    for key, group in runs.groupby(SETTING, sort=True):
+        setting = dict(zip(SETTING, key, strict=True))
         times = pd.Series([reached.get(r, math.nan) for r in group.run])
         s = summarize(times)
         rows.append(
             {
-                "data": data,
-                "workers": workers,
-                "protocol": protocol,
-                "model": model,
+                **setting,
                 "mean": s["mean"],
                 f"time to {100 * target:g}% (s)": fmt(s, 1, 1),
                 "reached": f"{s['n']}/{len(group)}",
@@ -165,13 +159,11 @@ def comm_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
     done["gb_round"] = done["bytes"] / done["rounds"] / 1e9
     done["moved_round"] = done["bytes_moved"] / done["rounds"] / 1e9
     rows = []
-    for (data, workers, protocol, model), group in done.groupby(SETTING, sort=True):
+    for key, group in done.groupby(SETTING, sort=True):
+        setting = dict(zip(SETTING, key, strict=True))
         rows.append(
             {
-                "data": data,
-                "workers": workers,
-                "protocol": protocol,
-                "model": model,
+                **setting,
                 "local steps": int(group.local_steps.iloc[0]),
                 "GB per round (paper)": _num(group.gb_round.mean()),
                 "GB per round (moved)": _num(group.moved_round.mean()),
