@@ -286,6 +286,7 @@ class AuxNet(Protocol):
             "optimizer": self.work.optimizer.state_dict(),
             "rho": self.rho,
             "step": self.step,
+            "aux": self.aux.state_dict() if self.aux is not None else None,
             "multiplier": self.multiplier,
             "times": dict(self.times),
         }
@@ -294,6 +295,8 @@ class AuxNet(Protocol):
         self.work.optimizer.load_state_dict(state["optimizer"])
         self.rho, self.multiplier = state["rho"], state["multiplier"]
         self.step = int(state["step"])
+        if self.aux is not None:
+            self.aux.load_state_dict(state["aux"])
         self.times = dict(state["times"])
 
 

@@ -253,8 +253,14 @@ class ResIST(Protocol):
         return self.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.work.optimizer.state_dict(), "holders": self.holders}
+        # With optimizer_state=reset a fresh optimizer is built every round: nothing to keep.
+        keep = self.cfg.optimizer_state == "keep"
+        return {
+            "optimizer": self.work.optimizer.state_dict() if keep else None,
+            "holders": self.holders,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.work.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.work.optimizer.load_state_dict(state["optimizer"])
         self.holders = [set(h) for h in state["holders"]]

@@ -85,6 +85,7 @@ class TrainConfig:
     data_epochs: float = 6.0
     eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
     deterministic: bool = False
+    checkpoint: bool = True  # save state at each evaluation; resume a run that stopped
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class RunConfig:
         d = self.to_dict()
         for key in ("results_dir", "force", "launcher"):
             d.pop(key)
+        d["train"].pop("checkpoint")  # saving state changes no result
         d["device"] = self.launcher.device
         # Only the fields of the chosen model family: a ResNet run's identity must not
         # change when an MLP default does (and vice versa).

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 import protocols
+from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.data import load_dataset
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
@@ -113,20 +114,25 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
         print(f"[skip] {run.path} already completed")
         return {**summary, "skipped": True, "run_dir": str(run.path)}
+    resume = cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step()
     rdv = _scheduler_rank()
     if rdv is not None:  # one task per rank: run our rank here
         if rdv.rank == 0:
-            _prepare(cfg, run)
+            _prepare(cfg, run, bool(resume))
         worker(rdv, cfg, str(run.path))
         summary = run.read_summary() or {}
     else:
-        _prepare(cfg, run)
+        _prepare(cfg, run, bool(resume))
         summary = spawn_local(cfg, run)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
 
 
-def _prepare(cfg: RunConfig, run: RunDir) -> None:
+def _prepare(cfg: RunConfig, run: RunDir, resume: bool = False) -> None:
+    if resume:  # continue in place from the checkpoint; keep the earlier attempt's errors
+        print(f"[resume] {run.path} from its last checkpoint")
+        run.archive_errors()
+        return
     run.prepare()
     run.write_config(cfg.to_dict())
     device = str(pick_device(cfg.launcher.device, 0).type)
@@ -150,7 +156,8 @@ def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
             torch.cuda.set_device(device)
         init_process_group(rdv, device, cfg.launcher.timeout_s)
         comm = Comm(rdv.rank, rdv.world_size, device)
-        train(cfg, comm, device, run if rdv.rank == 0 else None)
+        ckpt = Checkpoints(run.path, rdv.rank) if cfg.train.checkpoint else None
+        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt)
     except BaseException:
         (run.path / f"error-rank{rdv.rank}.txt").write_text(traceback.format_exc())
         raise

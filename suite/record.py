@@ -101,6 +101,11 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def truncate_metrics(self, rows: int) -> None:
+        """Keep the first ``rows`` metric rows (those a resumed run's checkpoint covers)."""
+        kept = self.metrics.read_text().splitlines()[:rows] if self.metrics.exists() else []
+        atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
             return []
@@ -108,6 +113,15 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(_clean(summary), indent=2) + "\n")
+
+    def archive_errors(self) -> None:
+        """Move an earlier attempt's error files aside (``attempts/``) before a resume."""
+        errors = self.error_files()
+        if errors:
+            folder = self.path / "attempts" / time.strftime("%Y%m%d-%H%M%S")
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in errors:
+                shutil.move(str(f), str(folder / f.name))
 
     def error_files(self) -> list[Path]:
         return sorted(self.path.glob("error-rank*.txt"))

@@ -21,11 +21,15 @@ from torch import nn
 
 import protocols
 from protocols.base import OptimizerFactory, ProblemInfo
+from suite.checkpoint import Checkpoints
 from suite.config import OptimConfig, RunConfig
 from suite.data import ImageDataset, TrainBatches, eval_batches, load_dataset
 from suite.dist import Comm
 from suite.models import build_model
 from suite.record import RunDir
+
+#: Comm's counters, saved and restored with a checkpoint.
+COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds", "calls")
 
 
 @dataclass
@@ -144,9 +148,17 @@ def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
 
 
 def train(
-    cfg: RunConfig, comm: Comm, device: torch.device, record: RunDir | None = None
+    cfg: RunConfig,
+    comm: Comm,
+    device: torch.device,
+    record: RunDir | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` on this rank; rank 0 (``record`` given) writes metrics and summary."""
+    """Train ``cfg`` on this rank; rank 0 (``record`` given) writes metrics and summary.
+
+    With ``checkpoints`` every rank saves its state at each evaluation, and a run that
+    finds a complete checkpoint resumes from it (rank 0 drops metric rows written later).
+    """
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     ds = load_dataset(cfg.data)
@@ -170,12 +182,25 @@ def train(
     clock = Clock(device)
     progress = _progress(budget.steps, cfg, record is not None)
 
-    step, rnd, last_eval = 0, 0, 0
+    step, rnd, last_eval, rows = 0, 0, 0, 0
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     best_acc = -1.0
     final: dict[str, Any] = {}
     status = "completed"
+    resume_at = checkpoints.latest_step() if checkpoints is not None else None
+    if checkpoints is not None and resume_at is not None:
+        state = checkpoints.load(resume_at)
+        model.load_state_dict(state["model"])
+        protocol.load_state_dict(state["protocol"])
+        batches.load_state_dict(state["batches"])
+        step, rnd, last_eval, rows, best_acc, final = state["loop"]
+        clock.total = state["clock"]
+        for name, value in state["comm"].items():
+            setattr(comm, name, value)
+        torch.set_rng_state(state["rng"])
+        if record is not None:
+            record.truncate_metrics(rows)
     clock.start()
     while step < budget.steps:
         work = protocol.begin_round(rnd)
@@ -208,6 +233,7 @@ def train(
                 row["test_loss"], row["test_acc"] = evaluate(protocol.eval_model(), test)
                 best_acc = max(best_acc, row["test_acc"])
                 record.append_metrics(row)
+                rows += 1
                 if progress is not None:
                     progress.set_postfix(
                         acc=f"{row['test_acc']:.3f}", loss=f"{row['train_loss']:.3f}"
@@ -217,6 +243,20 @@ def train(
             if not math.isfinite(row["train_loss"]):
                 status = "diverged"
                 break
+            if checkpoints is not None and step < budget.steps:
+                state = {
+                    "model": model.state_dict(),
+                    "protocol": protocol.state_dict(),
+                    "batches": batches.state_dict(),
+                    "loop": (step, rnd, last_eval, rows, best_acc, final),
+                    "clock": clock.total,
+                    "comm": {n: getattr(comm, n) for n in COMM_COUNTERS},
+                    "rng": torch.get_rng_state(),
+                }
+                checkpoints.save(step, state)
+                comm.barrier()  # every rank has written this step before it becomes latest
+                if comm.rank == 0:
+                    checkpoints.commit(step, comm.world_size)
             clock.start()
     clock.stop()
     if progress is not None:
@@ -245,6 +285,8 @@ def train(
     }
     if record is not None:
         record.write_summary(summary)
+        if checkpoints is not None:
+            checkpoints.remove()  # a finished run keeps its results, not its state
     return TrainResult(summary, protocol.eval_model())
 
 

@@ -1,0 +1,69 @@
+"""Checkpoints of a run in progress, so a killed or preempted run resumes where it stopped.
+
+Each rank saves its whole state (model, protocol with its optimizer, data position and
+augmentation RNG, loop counters, training clock, byte counters) to
+``checkpoint/rank<r>-step<s>.pt``, written atomically. When every rank has written its
+file, rank 0 atomically points ``checkpoint/latest.json`` at that step; only then are
+older files removed. A crash mid-write therefore leaves the previous complete set in
+place, and a file that does not load is reported, never half-used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suite.record import atomic_write_text
+
+
+class Checkpoints:
+    """The checkpoint folder of one run, seen from one rank."""
+
+    def __init__(self, run_dir: str | Path, rank: int) -> None:
+        self.folder = Path(run_dir) / "checkpoint"
+        self.rank = rank
+        self.latest_file = self.folder / "latest.json"
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        try:
+            return int(json.loads(self.latest_file.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _path(self, step: int, rank: int | None = None) -> Path:
+        return self.folder / f"rank{self.rank if rank is None else rank}-step{step}.pt"
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        """Write this rank's state for ``step`` atomically (call ``commit`` after a barrier)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(step)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def commit(self, step: int, world_size: int) -> None:
+        """Rank 0, once every rank saved ``step``: make it the latest and drop older ones."""
+        atomic_write_text(self.latest_file, json.dumps({"step": step, "world_size": world_size}))
+        for old in self.folder.glob("rank*-step*.pt"):
+            if int(old.stem.rsplit("-step", 1)[1]) < step:
+                old.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Delete the folder (the run is complete)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def load(self, step: int) -> dict[str, Any]:
+        """This rank's state at ``step``; a missing or corrupt file raises RuntimeError."""
+        path = self._path(step)
+        try:
+            return dict(torch.load(path, weights_only=False))
+        except Exception as err:  # truncated or garbled file
+            raise RuntimeError(f"checkpoint {path} is unreadable: {err}") from err

@@ -1,0 +1,36 @@
+"""The checkpoint store: atomic sets, the latest pointer, corrupt files named clearly."""
+
+import pytest
+import torch
+
+from suite.checkpoint import Checkpoints
+
+
+def test_save_commit_load_and_cleanup(tmp_path):
+    ranks = [Checkpoints(tmp_path, r) for r in range(2)]
+    assert ranks[0].latest_step() is None
+    for c in ranks:
+        c.save(10, {"rank": c.rank, "x": torch.arange(3)})
+    assert ranks[0].latest_step() is None  # saved is not committed
+    ranks[0].commit(10, 2)
+    for c in ranks:
+        c.save(20, {"rank": c.rank})
+    # A newer set that is not committed yet must not replace the committed one.
+    assert ranks[1].latest_step() == 10 and ranks[1].load(10)["rank"] == 1
+    ranks[0].commit(20, 2)
+    assert ranks[0].latest_step() == 20
+    assert sorted(p.name for p in (tmp_path / "checkpoint").glob("*.pt")) == [
+        "rank0-step20.pt",
+        "rank1-step20.pt",
+    ]
+    ranks[0].remove()
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path):
+    c = Checkpoints(tmp_path, 0)
+    c.save(5, {"a": 1})
+    c.commit(5, 1)
+    (tmp_path / "checkpoint" / "rank0-step5.pt").write_bytes(b"truncated")
+    with pytest.raises(RuntimeError, match=r"rank0-step5\.pt is unreadable"):
+        c.load(5)
