@@ -82,13 +82,6 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def env_rendezvous() -> Rendezvous | None:
-    """Ranks from torchrun / submitit's exported environment, if present."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-        return Rendezvous(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
-    return None
-
-
 class Comm:
     """Collectives over the run's process group, with byte and time accounting."""
 
