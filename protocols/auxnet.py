@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state
-from suite.dist import Comm
+from suite.dist import Comm, flatten, unflatten_into
 from suite.models.flops import count_macs
 
 
@@ -270,13 +270,9 @@ class AuxNet(Protocol):
             }
             self.comm.exchange({}, recvs)
             for k, flat in recvs.items():
-                offset = 0
-                for t in float_state(self.modules_[k]):
-                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                    offset += t.numel()
+                unflatten_into(flat, float_state(self.modules_[k]))
         else:
-            flat = torch.cat([t.reshape(-1) for t in float_state(self.module)])
-            self.comm.exchange({0: flat}, {})
+            self.comm.exchange({0: flatten(float_state(self.module))}, {})
 
     def eval_model(self) -> nn.Module:
         return self.model

@@ -82,6 +82,19 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One flat buffer holding ``tensors`` in order (the unit every collective sends)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` back into ``tensors`` (inverse of ``flatten``)."""
+    offset = 0
+    for t in tensors:
+        t.detach().copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 class Comm:
     """Collectives over the run's process group, with byte and time accounting."""
 
@@ -128,16 +141,11 @@ class Comm:
         """Average tensors across ranks in place, as one flat buffer (one collective)."""
         if self.world_size == 1 or not tensors:
             return
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        flat = flatten(tensors)
         nbytes = flat.numel() * flat.element_size()
         ring = 2 * 2 * (self.world_size - 1) * nbytes // self.world_size
         self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes, ring)
-        flat.div_(self.world_size)
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.detach().copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+        unflatten_into(flat.div_(self.world_size), tensors)
 
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from
@@ -160,12 +168,9 @@ class Comm:
         if self.world_size == 1:
             return
         tensors = list(tensors)
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        flat = flatten(tensors)
         dist.broadcast(flat, src=src)
-        offset = 0
-        for t in tensors:
-            t.detach().copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        unflatten_into(flat, tensors)
 
     def reduce_stats(self, values: Sequence[float], op: str = "sum") -> list[float]:
         """Sum or max of a few numbers over ranks, for measurement only (not counted)."""

@@ -33,3 +33,13 @@ def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> Ru
 def shipped_protocols() -> list[str]:
     """Registered protocols that ship in ``protocols/`` (tests may register their own)."""
     return sorted(n for n, c in protocols.REGISTRY.items() if c.__module__.startswith("protocols."))
+
+
+def train_rank(rank: int, comm: Any, cfg: RunConfig) -> dict[str, Any]:
+    """For ``run_ranks``: train ``cfg`` on this rank (CPU); its summary and final weights."""
+    import torch
+
+    from suite.train import train
+
+    result = train(cfg, comm, torch.device("cpu"))
+    return {"summary": result.summary, "state": result.model.state_dict()}

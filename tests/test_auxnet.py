@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import run_ranks, tiny_config
+from helpers import run_ranks, tiny_config, train_rank
 
 import protocols
 from protocols.auxnet import AuxNet, balanced_cuts
@@ -134,17 +134,12 @@ def test_supports_refuses():
     assert "increasing unit indices" in AuxNet.supports(bad, _info(small), 3)
 
 
-def _train_rank(rank, comm, cfg):
-    result = train(cfg, comm, CPU)
-    return {"summary": result.summary, "state": result.model.state_dict()}
-
-
 @pytest.mark.parametrize("workers", [2, 3])
 def test_serial_phase_is_backprop_through_the_chained_modules(tmp_path, workers):
     """A warm-up covering the whole budget is ordinary training, pipelined over ranks."""
     common = {"model": {"depth": 34}, "train": {"data_epochs": 0.3, "eval_every": 0.3}}
     cfg = tiny_config("auxnet", workers, protocol_kw={"warmup_epochs": 100.0}, **common)
-    parallel = run_ranks(_train_rank, workers, tmp_path, cfg)[0]
+    parallel = run_ranks(train_rank, workers, tmp_path, cfg)[0]
     serial = train(tiny_config("single", 1, **common), Comm(0, 1, CPU), CPU)
     assert parallel["summary"]["steps"] == serial.summary["steps"] >= 10
     assert parallel["summary"]["bytes"] > 0

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_ranks, tiny_config
+from helpers import run_ranks, tiny_config, train_rank
 from torch.nn.parallel import DistributedDataParallel
 
 import protocols
@@ -14,11 +14,6 @@ from suite.dist import Comm
 from suite.train import build, make_optimizer_factory, problem_info, train
 
 CPU = torch.device("cpu")
-
-
-def _train_rank(rank, comm, cfg):
-    result = train(cfg, comm, CPU)
-    return {"summary": result.summary, "state": result.model.state_dict()}
 
 
 def _assert_states_close(a, b, atol=1e-5):
@@ -39,8 +34,8 @@ def test_localsgd_with_one_local_step_equals_ddp(tmp_path, bn, data_epochs):
     kw = {"model": {"bn": bn}, "train": {"data_epochs": data_epochs, "eval_every": 0.25}}
     ddp = tiny_config("ddp", **kw)
     local = tiny_config("localsgd", protocol_kw={"local_steps": 1, "optimizer_state": "keep"}, **kw)
-    a = run_ranks(_train_rank, 2, tmp_path, ddp)
-    b = run_ranks(_train_rank, 2, tmp_path, local)
+    a = run_ranks(train_rank, 2, tmp_path, ddp)
+    b = run_ranks(train_rank, 2, tmp_path, local)
     assert a[0]["summary"]["steps"] == b[0]["summary"]["steps"] >= 7
     _assert_states_close(a[0]["state"], b[0]["state"])
     _assert_states_close(b[0]["state"], b[1]["state"], atol=0)  # replicas agree after a sync
@@ -93,7 +88,7 @@ def test_ddp_on_disjoint_shards_equals_one_worker_with_n_times_the_batch(tmp_pat
     one = tiny_config(
         "single", workers=1, **{**common, "data": {"augment": False, "batch_size": 32}}
     )
-    parallel = run_ranks(_train_rank, 2, tmp_path, two)[0]
+    parallel = run_ranks(train_rank, 2, tmp_path, two)[0]
     serial = train(one, Comm(0, 1, CPU), CPU)
     assert parallel["summary"]["steps"] == serial.summary["steps"]
     _assert_states_close(parallel["state"], serial.model.state_dict())
@@ -102,7 +97,7 @@ def test_ddp_on_disjoint_shards_equals_one_worker_with_n_times_the_batch(tmp_pat
 @pytest.mark.parametrize("workers", [2, 3])
 def test_ddp_byte_count_is_exact(tmp_path, workers):
     cfg = tiny_config("ddp", workers=workers)
-    summary = run_ranks(_train_rank, workers, tmp_path, cfg)[0]["summary"]
+    summary = run_ranks(train_rank, workers, tmp_path, cfg)[0]["summary"]
     per_rank = _num_params(cfg) * 4
     assert summary["bytes_payload"] == summary["steps"] * workers * per_rank
     assert summary["bytes"] == summary["steps"] * 2 * workers * per_rank
@@ -118,7 +113,7 @@ def test_localsgd_byte_count_is_exact(tmp_path, bn, optimizer_state, per_param_c
         protocol_kw={"local_steps": 4, "optimizer_state": optimizer_state},
         model={"bn": bn},
     )
-    summary = run_ranks(_train_rank, 2, tmp_path, cfg)[0]["summary"]
+    summary = run_ranks(train_rank, 2, tmp_path, cfg)[0]["summary"]
     model = build(cfg, load_dataset(cfg.data), CPU)
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     per_round = (per_param_copies * _num_params(cfg) + buffers) * 4
@@ -129,6 +124,6 @@ def test_localsgd_byte_count_is_exact(tmp_path, bn, optimizer_state, per_param_c
 def test_localsgd_reset_clears_momentum_each_round(tmp_path):
     keep = tiny_config("localsgd", protocol_kw={"local_steps": 4})
     reset = tiny_config("localsgd", protocol_kw={"local_steps": 4, "optimizer_state": "reset"})
-    a = run_ranks(_train_rank, 2, tmp_path, keep)[0]["state"]
-    b = run_ranks(_train_rank, 2, tmp_path, reset)[0]["state"]
+    a = run_ranks(train_rank, 2, tmp_path, keep)[0]["state"]
+    b = run_ranks(train_rank, 2, tmp_path, reset)[0]["state"]
     assert any(not torch.allclose(a[k], b[k]) for k in a)

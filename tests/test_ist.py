@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import run_ranks, tiny_config
+from helpers import run_ranks, tiny_config, train_rank
 
 import protocols
 from protocols.base import ProblemInfo
@@ -109,16 +109,11 @@ def test_one_worker_is_plain_training():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def _train_rank(rank, comm, cfg):
-    result = train(cfg, comm, CPU)
-    return {"summary": result.summary, "state": result.model.state_dict()}
-
-
 def test_both_sync_modes_give_identical_results(tmp_path):
     runs = {}
     for sync in ("centralized", "decentralized"):
         cfg = mlp_config("ist", 2, protocol_kw={"local_steps": 3, "sync": sync})
-        runs[sync] = run_ranks(_train_rank, 2, tmp_path, cfg)[0]
+        runs[sync] = run_ranks(train_rank, 2, tmp_path, cfg)[0]
     a, b = runs["centralized"], runs["decentralized"]
     assert a["summary"]["bytes"] == b["summary"]["bytes"]  # the paper convention: same
     for key in a["state"]:

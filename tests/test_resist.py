@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import run_ranks, tiny_config
+from helpers import run_ranks, tiny_config, train_rank
 
 import protocols
 from protocols.base import ProblemInfo
@@ -174,21 +174,14 @@ def test_real_runs_learn_and_stay_close_to_localsgd(tmp_path, workers):
     assert acc["resist"] >= acc["localsgd"] - 0.05, acc
 
 
-def _train_rank(rank, comm, cfg):
-    from suite.train import train
-
-    result = train(cfg, comm, CPU)
-    return {"summary": result.summary, "state": result.model.state_dict()}
-
-
 def test_warmup_is_local_sgd_on_the_full_model(tmp_path):
     common = {"model": {"depth": 34}, "train": {"data_epochs": 0.3, "eval_every": 0.3}}
     warm = tiny_config("resist", protocol_kw={"local_steps": 3, "warmup_epochs": 10.0}, **common)
     local = tiny_config(
         "localsgd", protocol_kw={"local_steps": 3, "optimizer_state": "reset"}, **common
     )
-    a = run_ranks(_train_rank, 2, tmp_path, warm)[0]
-    b = run_ranks(_train_rank, 2, tmp_path, local)[0]
+    a = run_ranks(train_rank, 2, tmp_path, warm)[0]
+    b = run_ranks(train_rank, 2, tmp_path, local)[0]
     assert a["summary"]["bytes"] == b["summary"]["bytes"] > 0
     for key in a["state"]:
         assert torch.allclose(a["state"][key], b["state"][key], atol=1e-5), key
