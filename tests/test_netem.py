@@ -1,0 +1,190 @@
+"""The emulated cluster (``launcher.link``): rate parsing, refusals, and on a root machine
+with iproute2, real shaped links between namespaces that always disappear afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import tiny_config
+
+from suite import netem
+from suite.config import ConfigError, ModelConfig
+from suite.launch import execute, validate
+
+CAN_NETEM = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
+needs_netem = pytest.mark.skipif(
+    not CAN_NETEM, reason="emulated clusters need root and iproute2's ip and tc"
+)
+
+
+@pytest.mark.parametrize(
+    "text, bits",
+    [
+        ("10gbit", 10**10),
+        ("1gbit", 10**9),
+        ("100mbit", 10**8),
+        ("500kbit", 5 * 10**5),
+        ("1.5Gbit", 15 * 10**8),
+        ("125mbps", 10**9),  # tc: bps is bytes per second
+    ],
+)
+def test_tc_rates_parse_to_bits_per_second(text, bits):
+    assert netem.parse_rate(text) == bits
+
+
+@pytest.mark.parametrize("text", ["fast", "10", "10gb", "-1gbit", "0mbit", "5tbit", "1 g bit"])
+def test_an_invalid_rate_is_refused_with_valid_examples(text):
+    with pytest.raises(ConfigError, match=r"launcher\.link=.*e\.g\. 10gbit, 1gbit, 100mbit"):
+        netem.parse_rate(text)
+
+
+def test_the_bucket_follows_the_rate_within_bounds():
+    assert netem.burst_bytes(10**8) == 64 << 10  # 100mbit: the 64 KiB floor
+    assert netem.burst_bytes(10**9) == 250_000  # 1gbit: 2 ms
+    assert netem.burst_bytes(10**12) == 4 << 20  # the cap
+
+
+def test_check_refuses_what_cannot_be_built(monkeypatch):
+    with pytest.raises(ConfigError, match=r"1\.\.250 workers"):
+        netem.check("1gbit", 251)
+    with pytest.raises(ConfigError, match="not a rate"):
+        netem.check("quick", 2)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match=r"needs root.*launcher\.link=null"):
+        netem.check("1gbit", 2)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "tc" else "/sbin/ip")
+    with pytest.raises(ConfigError, match="iproute2's tc"):
+        netem.check("1gbit", 2)
+
+
+def test_validate_refuses_a_bad_link_before_any_process_starts():
+    cfg = tiny_config("ddp", 2)
+    bad = dataclasses.replace(cfg, launcher=dataclasses.replace(cfg.launcher, link="1gigabit"))
+    with pytest.raises(ConfigError, match="not a rate"):
+        validate(bad)
+
+
+def test_names_fit_the_kernel_and_carry_their_owner():
+    tag = netem._tag(36**5 - 1, 36**2 - 1)  # the largest pid and sequence number
+    assert len(f"{tag}h{netem.MAX_WORKERS - 1}") <= 15
+    for suffix in ("b", "h7", "w249", "-r3"):
+        assert netem._owner(f"{tag}{suffix}") == 36**5 - 1
+    assert netem._owner("eth0") is None and netem._owner(f"{tag}x") is None
+
+
+def _ours(tag: str) -> list[str]:
+    names = netem._links() + netem._namespaces()
+    return [n for n in names if n.startswith(tag)]
+
+
+def _all_reduce_rank(rank: int, namespace: str, host: str, port: int, numel: int, q) -> None:
+    try:
+        netem.enter(namespace)
+        torch.set_num_threads(1)
+        store = dist.TCPStore(host, port, is_master=False)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+        t = torch.ones(numel)
+        dist.all_reduce(t)  # connections set up, off the clock
+        times = []
+        for _ in range(2):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(t)
+            times.append(time.perf_counter() - start)
+        q.put((rank, min(times), float(t[0]), os.environ["GLOO_SOCKET_IFNAME"]))
+        dist.destroy_process_group()
+    except BaseException as err:  # report instead of hanging the parent
+        q.put((rank, None, repr(err), ""))
+    os._exit(0)
+
+
+@needs_netem
+def test_a_shaped_link_slows_a_real_all_reduce_to_its_rate_and_leaves_nothing():
+    numel, link = 250_000, "50mbit"  # 1 MB; a 2-rank ring sends all of it each way
+    with netem.cluster(2, link) as net:
+        tag = net.bridge[:-1]
+        assert len(_ours(tag)) == 2 + 1 + 2  # namespaces, bridge, root-side veths
+        store = dist.TCPStore(net.master_addr, 0, is_master=True, wait_for_workers=False)
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_all_reduce_rank,
+                args=(r, net.namespaces[r], net.master_addr, store.port, numel, q),
+            )
+            for r in range(2)
+        ]
+        for p in procs:
+            p.start()
+        results = sorted(q.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(10)
+    assert all(seconds is not None for _, seconds, _, _ in results), results
+    assert [value for _, _, value, _ in results] == [8.0, 8.0]  # 1 → 2 → 4 → 8: three sums
+    assert [iface for *_, iface in results] == list(net.interfaces)
+    bound = numel * 4 * 8 / netem.parse_rate(link)  # seconds to send 1 MB at 50 Mbit/s
+    for _, seconds, _, _ in results:
+        assert 0.9 * bound <= seconds <= 4 * bound, (seconds, bound)
+    assert _ours(tag) == []
+
+
+@needs_netem
+def test_teardown_on_an_exception_and_on_ctrl_c_and_clusters_do_not_collide():
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error), netem.cluster(3, "1gbit") as outer:
+            with netem.cluster(2, "100mbit") as inner:  # a concurrent cluster
+                assert not set(outer.namespaces) & set(inner.namespaces)
+                assert outer.master_addr.rsplit(".", 1)[0] != inner.master_addr.rsplit(".", 1)[0]
+                assert len(_ours(outer.bridge[:-1])) == 7 and len(_ours(inner.bridge[:-1])) == 5
+            assert _ours(inner.bridge[:-1]) == []
+            raise error("boom")
+        assert _ours(outer.bridge[:-1]) == []
+
+
+@needs_netem
+def test_a_cluster_whose_owner_was_killed_is_removed_as_stale(tmp_path):
+    script = (
+        "import sys, time; from suite import netem\n"
+        "with netem.cluster(2, '1gbit') as net:\n"
+        "    print(net.bridge[:-1], flush=True); time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        tag = owner.stdout.readline().strip()
+        assert len(_ours(tag)) == 5
+    finally:
+        owner.kill()  # kill -9: no teardown runs
+        owner.wait()
+    assert len(_ours(tag)) == 5
+    assert tag in netem.clean_stale()
+    assert _ours(tag) == []
+
+
+@needs_netem
+def test_a_run_on_an_emulated_cluster_completes_and_cleans_up(tmp_path):
+    cfg = tiny_config(
+        "localsgd",
+        2,
+        results_dir=str(tmp_path),
+        model=ModelConfig(name="mlp", hidden=64),
+        train={"data_epochs": 0.25, "eval_every": 1.0, "checkpoint": False},
+        launcher={"link": "1gbit"},
+    )
+    before = set(netem._links() + netem._namespaces())
+    summary = execute(cfg)
+    assert summary["status"] == "completed", summary
+    assert summary["bytes"] > 0 and summary["comm_s"] > 0
+    assert set(netem._links() + netem._namespaces()) == before
+    assert Path(summary["run_dir"]).name.endswith(cfg.run_name()[-10:])
