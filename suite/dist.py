@@ -186,11 +186,20 @@ class Comm:
 
 
 def _rank_main(
-    fn: Callable[..., Any], rdv: Rendezvous, out: str, threads: int, args: tuple[Any, ...]
+    fn: Callable[..., Any],
+    rdv: Rendezvous,
+    out: str,
+    threads: int,
+    args: tuple[Any, ...],
+    netns: str | None = None,
 ) -> None:
     torch.set_num_threads(threads)
     code = 0
     try:
+        if netns is not None:
+            from suite import netem
+
+            netem.enter(netns)
         init_process_group(rdv, torch.device("cpu"), 300)
         result = fn(rdv.rank, Comm(rdv.rank, rdv.world_size, torch.device("cpu")), *args)
         torch.save(result, f"{out}.rank{rdv.rank}")
@@ -203,17 +212,40 @@ def _rank_main(
 
 
 def run_ranks(
-    fn: Callable[..., Any], world: int, tmp: Path, *args: Any, threads: int = 1
+    fn: Callable[..., Any],
+    world: int,
+    tmp: Path,
+    *args: Any,
+    threads: int = 1,
+    link: str | None = None,
 ) -> list[Any]:
     """Run ``fn(rank, comm, *args)`` in ``world`` real gloo processes on CPU; return each
-    rank's (picklable) result. For tests and benchmarks; ``fn`` must be importable."""
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    rank's (picklable) result. For tests and benchmarks; ``fn`` must be importable.
+    ``link`` (e.g. ``"1gbit"``, root only): each rank behind its own emulated link."""
+    if link is None:
+        return _run_ranks(fn, world, tmp, args, threads, "127.0.0.1", [None] * world)
+    from suite import netem
+
+    with netem.cluster(world, link) as net:
+        return _run_ranks(fn, world, tmp, args, threads, net.master_addr, list(net.namespaces))
+
+
+def _run_ranks(
+    fn: Callable[..., Any],
+    world: int,
+    tmp: Path,
+    args: tuple[Any, ...],
+    threads: int,
+    host: str,
+    spaces: list[str | None],
+) -> list[Any]:
+    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
     ctx = mp.get_context("spawn")
     out = str(Path(tmp) / f"ranks-{fn.__name__}-{os.getpid()}")
     procs = [
         ctx.Process(
             target=_rank_main,
-            args=(fn, Rendezvous(r, world, "127.0.0.1", store.port), out, threads, args),
+            args=(fn, Rendezvous(r, world, host, store.port), out, threads, args, spaces[r]),
         )
         for r in range(world)
     ]

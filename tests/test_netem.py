@@ -4,7 +4,6 @@ with iproute2, real shaped links between namespaces that always disappear afterw
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from helpers import tiny_config
 
 from suite import netem
 from suite.config import ConfigError, ModelConfig
+from suite.dist import run_ranks
 from suite.launch import execute, validate
 
 CAN_NETEM = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
@@ -88,55 +88,31 @@ def _ours(tag: str) -> list[str]:
     return [n for n in names if n.startswith(tag)]
 
 
-def _all_reduce_rank(rank: int, namespace: str, host: str, port: int, numel: int, q) -> None:
-    try:
-        netem.enter(namespace)
-        torch.set_num_threads(1)
-        store = dist.TCPStore(host, port, is_master=False)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
-        t = torch.ones(numel)
-        dist.all_reduce(t)  # connections set up, off the clock
-        times = []
-        for _ in range(2):
-            dist.barrier()
-            start = time.perf_counter()
-            dist.all_reduce(t)
-            times.append(time.perf_counter() - start)
-        q.put((rank, min(times), float(t[0]), os.environ["GLOO_SOCKET_IFNAME"]))
-        dist.destroy_process_group()
-    except BaseException as err:  # report instead of hanging the parent
-        q.put((rank, None, repr(err), ""))
-    os._exit(0)
+def _timed_all_reduce(rank: int, comm, numel: int) -> tuple[float, float, str]:
+    t = torch.ones(numel)
+    dist.all_reduce(t)  # connections set up, off the clock
+    times = []
+    for _ in range(2):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(t)
+        times.append(time.perf_counter() - start)
+    return min(times), float(t[0]), os.environ.get("GLOO_SOCKET_IFNAME", "")
 
 
 @needs_netem
-def test_a_shaped_link_slows_a_real_all_reduce_to_its_rate_and_leaves_nothing():
+def test_a_shaped_link_slows_a_real_all_reduce_to_its_rate_and_leaves_nothing(tmp_path):
     numel, link = 250_000, "50mbit"  # 1 MB; a 2-rank ring sends all of it each way
-    with netem.cluster(2, link) as net:
-        tag = net.bridge[:-1]
-        assert len(_ours(tag)) == 2 + 1 + 2  # namespaces, bridge, root-side veths
-        store = dist.TCPStore(net.master_addr, 0, is_master=True, wait_for_workers=False)
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=_all_reduce_rank,
-                args=(r, net.namespaces[r], net.master_addr, store.port, numel, q),
-            )
-            for r in range(2)
-        ]
-        for p in procs:
-            p.start()
-        results = sorted(q.get(timeout=60) for _ in procs)
-        for p in procs:
-            p.join(10)
-    assert all(seconds is not None for _, seconds, _, _ in results), results
-    assert [value for _, _, value, _ in results] == [8.0, 8.0]  # 1 → 2 → 4 → 8: three sums
-    assert [iface for *_, iface in results] == list(net.interfaces)
+    before = set(netem._links() + netem._namespaces())
+    results = run_ranks(_timed_all_reduce, 2, tmp_path, numel, link=link)
+    assert set(netem._links() + netem._namespaces()) == before
+    assert [value for _, value, _ in results] == [8.0, 8.0]  # 1 → 2 → 4 → 8: three sums
+    assert [iface[-2:] for *_, iface in results] == ["w0", "w1"]  # each rank on its veth
     bound = numel * 4 * 8 / netem.parse_rate(link)  # seconds to send 1 MB at 50 Mbit/s
-    for _, seconds, _, _ in results:
+    for seconds, _, _ in results:
         assert 0.9 * bound <= seconds <= 4 * bound, (seconds, bound)
-    assert _ours(tag) == []
+    fast = run_ranks(_timed_all_reduce, 2, tmp_path, numel)  # loopback, for contrast
+    assert max(seconds for seconds, _, _ in fast) < 0.5 * bound
 
 
 @needs_netem
