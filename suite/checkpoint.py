@@ -3,9 +3,10 @@
 Each rank saves its whole state (model, protocol with its optimizer, data position and
 augmentation RNG, loop counters, training clock, byte counters) to
 ``checkpoint/rank<r>-step<s>.pt``, written atomically. When every rank has written its
-file, rank 0 atomically points ``checkpoint/latest.json`` at that step; only then are
-older files removed. A crash mid-write therefore leaves the previous complete set in
-place, and a file that does not load is reported, never half-used.
+file, rank 0 atomically points ``checkpoint/latest.json`` at that step and remembers the
+step before it; only files older than that previous set are removed. A crash mid-write
+therefore leaves complete sets in place, and a set that does not load (truncated or
+garbled on disk) is skipped for the previous one, never half-used.
 """
 
 from __future__ import annotations
@@ -29,12 +30,23 @@ class Checkpoints:
         self.rank = rank
         self.latest_file = self.folder / "latest.json"
 
+    def _pointer(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.latest_file.read_text())
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
-        try:
-            return int(json.loads(self.latest_file.read_text())["step"])
-        except (OSError, ValueError, KeyError):
-            return None
+        steps = self.candidates()
+        return steps[0] if steps else None
+
+    def candidates(self) -> list[int]:
+        """Complete checkpoint steps to resume from, newest first (latest, then previous)."""
+        pointer = self._pointer()
+        steps = [pointer.get("step"), pointer.get("previous")]
+        return [int(s) for s in steps if isinstance(s, int)]
 
     def _path(self, step: int, rank: int | None = None) -> Path:
         return self.folder / f"rank{self.rank if rank is None else rank}-step{step}.pt"
@@ -50,10 +62,16 @@ class Checkpoints:
         os.replace(tmp, path)
 
     def commit(self, step: int, world_size: int) -> None:
-        """Rank 0, once every rank saved ``step``: make it the latest and drop older ones."""
-        atomic_write_text(self.latest_file, json.dumps({"step": step, "world_size": world_size}))
+        """Rank 0, once every rank saved ``step``: make it the latest, keep the set before it
+        as a fallback and drop anything older."""
+        previous = self.latest_step()
+        if previous == step:  # saved twice at one step (an evaluation, then a stop)
+            previous = self._pointer().get("previous")
+        pointer = {"step": step, "previous": previous, "world_size": world_size}
+        atomic_write_text(self.latest_file, json.dumps(pointer))
+        keep = {step} if previous is None else {step, previous}
         for old in self.folder.glob("rank*-step*.pt"):
-            if int(old.stem.rsplit("-step", 1)[1]) < step:
+            if int(old.stem.rsplit("-step", 1)[1]) not in keep:
                 old.unlink(missing_ok=True)
 
     def remove(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,11 @@ class TrainResult:
 
     summary: dict[str, Any]
     model: nn.Module
+
+
+class Preempted(Exception):
+    """Training stopped early on request (the scheduler's preemption or time-limit signal),
+    after every rank saved a checkpoint to resume from."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +158,14 @@ def train(
     device: torch.device,
     record: RunDir | None = None,
     checkpoints: Checkpoints | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on this rank; rank 0 (``record`` given) writes metrics and summary.
 
     With ``checkpoints`` every rank saves its state at each evaluation, and a run that
     finds a complete checkpoint resumes from it (rank 0 drops metric rows written later).
+    With ``stop``, the ranks ask it at every round's end and agree: if any rank says yes,
+    all save a checkpoint there and raise ``Preempted``.
     """
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -188,19 +196,39 @@ def train(
     best_acc = -1.0
     final: dict[str, Any] = {}
     status = "completed"
-    resume_at = checkpoints.latest_step() if checkpoints is not None else None
-    if checkpoints is not None and resume_at is not None:
-        state = checkpoints.load(resume_at)
+    state = _load_checkpoint(checkpoints, comm) if checkpoints is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         protocol.load_state_dict(state["protocol"])
         batches.load_state_dict(state["batches"])
-        step, rnd, last_eval, rows, best_acc, final = state["loop"]
+        step, rnd, last_eval, rows, best_acc, final, loss_count = state["loop"]
+        loss_sum.copy_(state["loss_sum"])
         clock.total = state["clock"]
         for name, value in state["comm"].items():
             setattr(comm, name, value)
         torch.set_rng_state(state["rng"])
         if record is not None:
             record.truncate_metrics(rows)
+
+    def save(at: int) -> None:
+        """Every rank writes its state; rank 0 commits the set once all have (clock stopped)."""
+        assert checkpoints is not None
+        snapshot = {
+            "model": model.state_dict(),
+            "protocol": protocol.state_dict(),
+            "batches": batches.state_dict(),
+            "loop": (step, rnd, last_eval, rows, best_acc, final, loss_count),
+            "loss_sum": loss_sum.clone(),
+            "clock": clock.total,
+            "comm": {n: getattr(comm, n) for n in COMM_COUNTERS},
+            "rng": torch.get_rng_state(),
+        }
+        checkpoints.save(at, snapshot)
+        comm.barrier()  # every rank has written this step before it becomes latest
+        if comm.rank == 0:
+            checkpoints.commit(at, comm.world_size)
+
+    started = time.time()  # when this attempt's first step began (for launch latency)
     clock.start()
     while step < budget.steps:
         work = protocol.begin_round(rnd)
@@ -244,20 +272,17 @@ def train(
                 status = "diverged"
                 break
             if checkpoints is not None and step < budget.steps:
-                state = {
-                    "model": model.state_dict(),
-                    "protocol": protocol.state_dict(),
-                    "batches": batches.state_dict(),
-                    "loop": (step, rnd, last_eval, rows, best_acc, final),
-                    "clock": clock.total,
-                    "comm": {n: getattr(comm, n) for n in COMM_COUNTERS},
-                    "rng": torch.get_rng_state(),
-                }
-                checkpoints.save(step, state)
-                comm.barrier()  # every rank has written this step before it becomes latest
-                if comm.rank == 0:
-                    checkpoints.commit(step, comm.world_size)
+                save(step)
             clock.start()
+        if (
+            stop is not None
+            and step < budget.steps
+            and comm.reduce_stats([float(stop())], op="max")[0] > 0
+        ):
+            clock.stop()
+            if checkpoints is not None:
+                save(step)
+            raise Preempted(f"stopped at step {step} of {budget.steps} on request")
     clock.stop()
     if progress is not None:
         progress.close()
@@ -282,12 +307,39 @@ def train(
         "rounds": rnd,
         "data_epochs": budget.epoch(step),
         "protocol_stats": dict(zip(names, values, strict=True)),
+        "started_unix": started,
     }
     if record is not None:
         record.write_summary(summary)
         if checkpoints is not None:
             checkpoints.remove()  # a finished run keeps its results, not its state
     return TrainResult(summary, protocol.eval_model())
+
+
+def _load_checkpoint(checkpoints: Checkpoints, comm: Comm) -> dict[str, Any] | None:
+    """The newest checkpoint set that every rank can read, or None to start afresh.
+
+    A set that fails to load on any rank (truncated, garbled) is skipped for the one
+    before it, on all ranks alike; if none is readable the run stops with the reason.
+    """
+    candidates = checkpoints.candidates()
+    if not candidates:
+        return None
+    errors = []
+    for at in candidates:
+        try:
+            state: dict[str, Any] | None = checkpoints.load(at)
+        except RuntimeError as err:
+            state = None
+            errors.append(str(err))
+        if comm.reduce_stats([0.0 if state is not None else 1.0], op="max")[0] == 0:
+            if errors:
+                print(f"[resume] rank {comm.rank}: {'; '.join(errors)}; using step {at}")
+            return state
+    raise RuntimeError(
+        f"no readable checkpoint set among steps {candidates}"
+        + (f": {'; '.join(errors)}" if errors else " (unreadable on another rank)")
+    )
 
 
 def _measure(

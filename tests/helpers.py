@@ -43,3 +43,28 @@ def train_rank(rank: int, comm: Any, cfg: RunConfig) -> dict[str, Any]:
 
     result = train(cfg, comm, torch.device("cpu"))
     return {"summary": result.summary, "state": result.model.state_dict()}
+
+
+def train_checkpointed(
+    rank: int, comm: Any, cfg: RunConfig, run_path: str, stop_after: int | None = None
+) -> dict[str, Any]:
+    """For ``run_ranks``: train with checkpoints in ``run_path`` (resuming from one there);
+    rank 0 alone asks to stop at its ``stop_after``-th round end (as a scheduler signal would)."""
+    import torch
+
+    from suite.checkpoint import Checkpoints
+    from suite.record import RunDir
+    from suite.train import Preempted, train
+
+    asked = [0]
+
+    def stop() -> bool:
+        asked[0] += 1
+        return rank == 0 and stop_after is not None and asked[0] >= stop_after
+
+    record = RunDir(run_path) if rank == 0 else None
+    try:
+        result = train(cfg, comm, torch.device("cpu"), record, Checkpoints(run_path, rank), stop)
+    except Preempted as stopped:
+        return {"preempted": str(stopped)}
+    return {"summary": result.summary}

@@ -19,10 +19,19 @@ def test_save_commit_load_and_cleanup(tmp_path):
     assert ranks[1].latest_step() == 10 and ranks[1].load(10)["rank"] == 1
     ranks[0].commit(20, 2)
     assert ranks[0].latest_step() == 20
+    assert ranks[1].candidates() == [20, 10]  # the previous set stays as a fallback
+    for c in ranks:
+        c.save(30, {"rank": c.rank})
+    ranks[0].commit(30, 2)
+    assert ranks[0].candidates() == [30, 20]
     assert sorted(p.name for p in (tmp_path / "checkpoint").glob("*.pt")) == [
         "rank0-step20.pt",
+        "rank0-step30.pt",
         "rank1-step20.pt",
+        "rank1-step30.pt",
     ]
+    ranks[0].commit(30, 2)  # saved twice at one step: the fallback is still the one before
+    assert ranks[0].candidates() == [30, 20]
     ranks[0].remove()
     assert not (tmp_path / "checkpoint").exists()
 
@@ -34,3 +43,10 @@ def test_a_corrupt_checkpoint_is_named(tmp_path):
     (tmp_path / "checkpoint" / "rank0-step5.pt").write_bytes(b"truncated")
     with pytest.raises(RuntimeError, match=r"rank0-step5\.pt is unreadable"):
         c.load(5)
+
+
+def test_a_garbled_pointer_means_no_checkpoint(tmp_path):
+    c = Checkpoints(tmp_path, 0)
+    c.folder.mkdir()
+    c.latest_file.write_text("{not json")
+    assert c.latest_step() is None and c.candidates() == []

@@ -12,9 +12,10 @@ import time
 import faulty  # noqa: F401 - registers the test-only protocol
 import pytest
 import yaml
-from helpers import tiny_config
+from helpers import run_ranks, tiny_config, train_checkpointed
 
 import protocols
+from suite.checkpoint import Checkpoints
 from suite.config import ConfigError
 from suite.launch import execute
 from suite.record import METRIC_COLUMNS, RunDir
@@ -178,3 +179,61 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, prot
         }
     for key in ("final_test_acc", "bytes", "bytes_moved", "steps", "rounds"):
         assert resumed[key] == reference[key], key
+
+
+def test_a_stop_request_checkpoints_mid_interval_and_resumes_exactly(tmp_path):
+    """The scheduler's signal reaches one rank; all stop at that round's end (between two
+    evaluations), and training again from the checkpoint ends as if never stopped."""
+    cfg = tiny_config("localsgd", 2, train={"data_epochs": 1.0}, protocol_kw={"local_steps": 3})
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    for folder in (stopped, whole):
+        folder.mkdir()
+    first = run_ranks(train_checkpointed, 2, tmp_path, cfg, str(stopped), 5)
+    assert all("stopped at step 15 of" in r["preempted"] for r in first)
+    assert Checkpoints(stopped, 0).latest_step() == 15  # not an evaluation step (12, 23)
+    assert len(RunDir(stopped).read_metrics()) == 1
+
+    resumed = run_ranks(train_checkpointed, 2, tmp_path, cfg, str(stopped))
+    reference = run_ranks(train_checkpointed, 2, tmp_path, cfg, str(whole))
+    got, want = RunDir(stopped).read_metrics(), RunDir(whole).read_metrics()
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {
+            k: v for k, v in b.items() if k not in TIMING
+        }
+    assert resumed[0]["summary"]["final_test_acc"] == reference[0]["summary"]["final_test_acc"]
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path):
+    """kill -9 after two checkpoint sets, garble the newest on one rank: the resumed run
+    uses the set before it, on every rank, and still ends with the uninterrupted metrics."""
+    cfg = tiny_config(
+        "localsgd",
+        2,
+        results_dir=str(tmp_path / "killed"),
+        train={"data_epochs": 2.0, "eval_every": 0.2},
+        protocol_kw={"local_steps": 3},
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(execute(cfg)))
+    thread.start()
+    ckpt = Checkpoints(tmp_path / "killed" / cfg.run_name(), 1)
+    deadline = time.monotonic() + 120
+    while len(ckpt.candidates()) < 2:
+        assert time.monotonic() < deadline and thread.is_alive(), "no second checkpoint"
+        time.sleep(0.02)
+    victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(60)
+    newest, previous = ckpt.candidates()
+    (ckpt.folder / f"rank1-step{newest}.pt").write_bytes(b"garbled")
+
+    resumed = execute(cfg)
+    assert resumed["status"] == "completed"
+    reference = execute(dataclasses.replace(cfg, results_dir=str(tmp_path / "whole")))
+    got = RunDir(resumed["run_dir"]).read_metrics()
+    want = RunDir(reference["run_dir"]).read_metrics()
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in got] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in want
+    ]
+    assert previous < newest
