@@ -96,6 +96,7 @@ class LaunchConfig:
     threads: int = 0  # intra-op threads per worker; 0: cores // workers
     timeout_s: float = 1800.0  # collective timeout (a hang guard; crashes are caught sooner)
     progress: bool = True  # tqdm on an interactive terminal
+    link: str | None = None  # emulated cluster: each worker's own link, e.g. "1gbit" (root)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class RunConfig:
             d.pop(key)
         d["train"].pop("checkpoint")  # saving state changes no result
         d["device"] = self.launcher.device
+        if self.launcher.link is not None:  # an emulated link changes every timing
+            d["link"] = self.launcher.link
         # Only the fields of the chosen model family: a ResNet run's identity must not
         # change when an MLP default does (and vice versa).
         unused = (

@@ -11,6 +11,7 @@ The training code does not know which path started it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -18,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from suite.data import load_dataset
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
 from suite.models.resnet import BN_MODES
 from suite.record import RunDir, environment
-from suite.train import build, problem_info, train
+from suite.train import Preempted, build, problem_info, train
 
 log = logging.getLogger("suite")
 
@@ -67,6 +69,14 @@ def validate(cfg: RunConfig) -> None:
             f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
             "needs one GPU per rank; use fewer workers or launcher.device=cpu"
         )
+    if cfg.launcher.link is not None:
+        if _scheduler_tasks() > 1:
+            raise ConfigError(
+                "launcher.link emulates a cluster on one machine; not under a scheduler"
+            )
+        from suite import netem
+
+        netem.check(cfg.launcher.link, cfg.workers)
     ds = load_dataset(cfg.data)  # a missing or corrupt data set fails here, not in a worker
     per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train
     if per_worker < cfg.data.batch_size:
@@ -101,7 +111,9 @@ def _scheduler_rank() -> Rendezvous | None:
     import submitit
 
     dist_env = submitit.helpers.TorchDistributedEnvironment()
-    dist_env.export(set_cuda_visible_devices=torch.cuda.is_available(), overwrite=True)
+    # Every task sees all of its node's GPUs and picks cuda:LOCAL_RANK (pick_device);
+    # narrowing CUDA_VISIBLE_DEVICES here would come after CUDA was already initialised.
+    dist_env.export(set_cuda_visible_devices=False, overwrite=True)
     return Rendezvous(dist_env.rank, dist_env.world_size)
 
 
@@ -117,15 +129,78 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
     resume = cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step()
     rdv = _scheduler_rank()
     if rdv is not None:  # one task per rank: run our rank here
-        if rdv.rank == 0:
-            _prepare(cfg, run, bool(resume))
-        worker(rdv, cfg, str(run.path))
-        summary = run.read_summary() or {}
+        summary = run_task(rdv, cfg, run, bool(resume))
+        if rdv.rank != 0:
+            return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
     else:
         _prepare(cfg, run, bool(resume))
         summary = spawn_local(cfg, run)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
+
+
+def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir, resume: bool) -> dict[str, Any]:
+    """This task's rank of a run whose ranks a scheduler started (SLURM via submitit).
+
+    The scheduler's preemption / time-limit signal (submitit's, USR2 by default) makes
+    every rank checkpoint at the next round's end; rank 0 then hands over to submitit,
+    which requeues the job, and the requeued job resumes from that checkpoint. If a rank
+    fails, the others see it within a collective and the lowest failing rank writes the
+    run's ``failed`` summary, naming the rank that died.
+    """
+    started = time.perf_counter()
+    if rdv.rank == 0:
+        _prepare(cfg, run, resume)
+    signum = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+    requested: list[int] = []
+    requeue = signal.signal(signum, lambda sig, frame: requested.append(sig))
+    try:
+        worker(rdv, cfg, str(run.path), stop=lambda: bool(requested))
+    except Preempted as stopped:
+        print(f"[preempted] {run.path}: {stopped}; checkpoint saved")
+        if rdv.rank == 0 and callable(requeue):
+            requeue(signum, None)  # submitit: requeue this job (and exit); it resumes
+        return {"status": "preempted", "run_dir": str(run.path)}
+    except Exception:
+        _record_task_failure(cfg, run, rdv)
+        raise
+    finally:
+        signal.signal(signum, requeue)
+    summary = run.read_summary() or {}
+    return {**summary, "wall_s": time.perf_counter() - started}
+
+
+def _record_task_failure(
+    cfg: RunConfig, run: RunDir, rdv: Rendezvous, grace_s: float = 1.0
+) -> None:
+    """After a failure: wait for the peers' error reports, then the lowest failing rank
+    writes the run's summary (a rank killed by a signal writes none, which names it)."""
+    time.sleep(grace_s)
+    reported = sorted(int(f.stem.removeprefix("error-rank")) for f in run.error_files())
+    if not reported or reported[0] != rdv.rank:
+        return
+    silent = sorted(set(range(rdv.world_size)) - set(reported))
+    if silent:
+        error = (
+            f"rank {silent[0]} ended without an error report: killed by a signal "
+            "(kill -9, out of memory) or its node failed"
+        )
+    else:
+        error = _describe_failure(run, [])
+    run.write_summary(failed_summary(cfg, error))
+
+
+def failed_summary(cfg: RunConfig, error: str, **extra: Any) -> dict[str, Any]:
+    """The summary of a run that did not finish."""
+    return {
+        "status": "failed",
+        "protocol": cfg.protocol_name,
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "error": error,
+        **extra,
+    }
 
 
 def _prepare(cfg: RunConfig, run: RunDir, resume: bool = False) -> None:
@@ -142,13 +217,27 @@ def _prepare(cfg: RunConfig, run: RunDir, resume: bool = False) -> None:
 def _threads(cfg: RunConfig) -> int:
     if cfg.launcher.threads > 0:
         return cfg.launcher.threads
+    if _scheduler_tasks() > 1 and os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])  # what the scheduler gave each task
     return max(1, (os.cpu_count() or 1) // cfg.workers)
 
 
-def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
-    """One rank: join the group, train, always tear down; an error is written for the launcher."""
+def worker(
+    rdv: Rendezvous,
+    cfg: RunConfig,
+    run_path: str,
+    netns: str | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """One rank: join the group, train, always tear down; an error is written for the launcher.
+    ``netns``: the network namespace of this rank on an emulated cluster; ``stop``: asked
+    at every round's end whether to checkpoint and stop (``Preempted``)."""
     run = RunDir(run_path)
     try:
+        if netns is not None:
+            from suite import netem
+
+            netem.enter(netns)
         torch.set_num_threads(_threads(cfg))
         local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
         device = pick_device(cfg.launcher.device, local_rank)
@@ -157,7 +246,9 @@ def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
         init_process_group(rdv, device, cfg.launcher.timeout_s)
         comm = Comm(rdv.rank, rdv.world_size, device)
         ckpt = Checkpoints(run.path, rdv.rank) if cfg.train.checkpoint else None
-        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt)
+        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop)
+    except Preempted:
+        raise
     except BaseException:
         (run.path / f"error-rank{rdv.rank}.txt").write_text(traceback.format_exc())
         raise
@@ -165,12 +256,12 @@ def worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
         destroy_process_group()
 
 
-def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
+def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str, netns: str | None = None) -> None:
     """Process target. Exits with os._exit: results are already fsynced, and C++ static
     teardown of gloo/store threads at interpreter exit can abort a finished worker."""
     code = 0
     try:
-        worker(rdv, cfg, run_path)
+        worker(rdv, cfg, run_path, netns)
     except BaseException:
         code = 1  # the traceback is in error-rank<r>.txt
     sys.stdout.flush()
@@ -180,12 +271,26 @@ def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
 
 def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, Any]:
     """Start ``workers`` processes, watch them, and return the run's summary."""
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    with contextlib.ExitStack() as stack:
+        host = "127.0.0.1"
+        spaces: list[str | None] = [None] * cfg.workers
+        if cfg.launcher.link is not None:  # every rank in its own namespace, shaped links
+            from suite import netem
+
+            net = stack.enter_context(netem.cluster(cfg.workers, cfg.launcher.link))
+            host, spaces = net.master_addr, list(net.namespaces)
+        return _spawn(cfg, run, host, spaces, poll_s)
+
+
+def _spawn(
+    cfg: RunConfig, run: RunDir, host: str, spaces: list[str | None], poll_s: float
+) -> dict[str, Any]:
+    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
             target=_worker_entry,
-            args=(Rendezvous(r, cfg.workers, "127.0.0.1", store.port), cfg, str(run.path)),
+            args=(Rendezvous(r, cfg.workers, host, store.port), cfg, str(run.path), spaces[r]),
             name=f"rank{r}",
         )
         for r in range(cfg.workers)
@@ -207,15 +312,7 @@ def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, 
     summary = run.read_summary()
     if not failed and summary is not None:
         return {**summary, "wall_s": wall}
-    summary = {
-        "status": "failed",
-        "protocol": cfg.protocol_name,
-        "workers": cfg.workers,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "error": _describe_failure(run, failed),
-        "wall_s": wall,
-    }
+    summary = failed_summary(cfg, _describe_failure(run, failed), wall_s=wall)
     run.write_summary(summary)
     return summary
 

@@ -10,13 +10,16 @@ Examples::
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from protocols.resist import PAPER_MIN_DEPTH
-from suite.config import ConfigError, parse_run_config
+from suite.cluster import write_outcome
+from suite.config import ConfigError, RunConfig, parse_run_config
 from suite.launch import execute
 
 
@@ -35,19 +38,26 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("paper_min_depth", paper_min_depth, replace=True)
 
 
+def run_config(cfg: DictConfig) -> RunConfig:
+    """The composed Hydra config (without its ``hydra`` node) as typed dataclasses."""
+    register_resolvers()
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    return parse_run_config({str(k): v for k, v in values.items()})
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Turn the composed config into typed dataclasses and run it."""
-    register_resolvers()  # here, not at import: submitit jobs import this module
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
     try:
-        run_cfg = parse_run_config({str(k): v for k, v in values.items()})
-        return execute(run_cfg)
+        summary = execute(run_config(cfg))
     except ConfigError as err:
         # A clear one-line refusal, before any worker process starts.
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    if summary.get("rank", 0) == 0:  # one line per sweep job for the sweep's summary
+        write_outcome(Path(HydraConfig.get().runtime.output_dir), summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,0 +1,261 @@
+"""Sweeps on a SLURM cluster: Hydra's submitit launcher with one task per worker.
+
+``python -m suite.run -m hydra/launcher=slurm protocol=ddp,resist workers=2,4,8``
+submits one SLURM job per sweep point. Each job gets ``workers`` tasks: on GPU nodes one
+task per GPU over ``ceil(workers / gpus_per_node)`` nodes, on CPU nodes all on one node
+(or spread by ``max_tasks_per_node``). Every task runs its own rank (``suite.launch``
+takes rank and rendezvous from submitit's environment); NCCL on GPUs, gloo otherwise.
+
+What this adds to the plugin's launcher, which sizes every job of a sweep alike and stops
+at the first failed job:
+
+- the job shape follows each sweep point's ``workers`` (jobs of one shape share an array);
+- every sweep point is validated before anything is submitted, and completed runs are
+  skipped without a job;
+- a failed job is recorded (its run marked ``failed`` if no rank could) and the sweep
+  goes on; ``SweepSummary`` lists completed, failed, diverged and skipped runs at the end;
+- ``max_num_timeout`` defaults to 3: runs checkpoint on the time-limit / preemption
+  signal and resume when requeued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, open_dict
+
+from suite.config import ConfigError, RunConfig
+from suite.record import RunDir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
+
+
+@dataclass
+class SlurmConf(SlurmQueueConf):
+    """``hydra/launcher=slurm``: submitit's SLURM settings plus the worker layout."""
+
+    _target_: str = "hydra_plugins.commbench_launcher.CommbenchSlurmLauncher"
+    # The layout is derived from each sweep point's `workers`; these two describe the nodes.
+    gpus_per_node: int | None = 0  # GPUs per node (0: CPU nodes; one task per GPU otherwise)
+    max_tasks_per_node: int | None = None  # CPU nodes: at most this many workers per node
+    tasks_per_node: int | None = None  # derived; leave unset
+    nodes: int | None = None  # derived; leave unset
+    timeout_min: int = 60
+    cpus_per_task: int | None = 1  # also the intra-op threads of each worker
+    mem_gb: int | None = 16  # per node
+    partition: str | None = None
+    account: str | None = None
+    max_num_timeout: int = 3  # requeues after the time limit (runs resume from checkpoints)
+    signal_delay_s: int = 120  # the signal comes this long before the limit
+    array_parallelism: int = 256
+    setup: list[str] | None = field(default_factory=list)  # lines run before srun
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # other sbatch flags
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmConf)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The SLURM shape of one run."""
+
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int
+
+
+def layout(workers: int, gpus_per_node: int | None, max_tasks_per_node: int | None) -> Layout:
+    """One task per worker: per GPU on GPU nodes, else as many per node as allowed."""
+    per_node = gpus_per_node or max_tasks_per_node or workers
+    if per_node < 1:
+        raise ConfigError(
+            f"hydra.launcher.max_tasks_per_node={max_tasks_per_node}; use a positive number"
+        )
+    nodes = math.ceil(workers / per_node)
+    if workers % nodes:
+        raise ConfigError(
+            f"workers={workers} cannot be split evenly over {nodes} nodes of at most "
+            f"{per_node} tasks; use a multiple of {nodes}"
+        )
+    tasks = workers // nodes
+    return Layout(nodes, tasks, tasks if gpus_per_node else 0)
+
+
+@dataclass
+class _Job:
+    num: int
+    overrides: list[str]
+    cfg: RunConfig
+    folder: Path  # the Hydra job folder (sweep dir / subdir)
+
+
+class SweepSlurmLauncher(SlurmLauncher):
+    """The submitit SLURM launcher, sized per sweep point and tolerant of failed jobs."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        import submitit
+
+        assert self.config is not None and self.hydra_context is not None
+        params = dict(self.params)
+        for key in ("tasks_per_node", "nodes"):
+            if params.pop(key, None) is not None:
+                raise ConfigError(
+                    f"hydra.launcher.{key} is derived from workers; set gpus_per_node "
+                    "(GPUs per node) or max_tasks_per_node instead"
+                )
+        gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
+        jobs = [self._job(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+        layouts = [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
+
+        returns: dict[int, JobReturn] = {}
+        pending: dict[Layout, list[_Job]] = {}
+        for job, shape in zip(jobs, layouts, strict=True):
+            run = RunDir(Path(job.cfg.results_dir).resolve() / job.cfg.run_name())
+            if run.is_complete() and not job.cfg.force:
+                summary = {**(run.read_summary() or {}), "skipped": True, "run_dir": str(run.path)}
+                print(f"[skip] {run.path} already completed")
+                returns[job.num] = _job_return(job, summary)
+            else:
+                pending.setdefault(shape, []).append(job)
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"),
+            cluster="slurm",
+            slurm_max_num_timeout=params.pop("max_num_timeout"),
+        )
+        base = {"timeout_min", "cpus_per_task", "mem_gb", "name", "stderr_to_stdout"}
+        params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
+        submitted: list[tuple[_Job, Any]] = []
+        for shape, group in pending.items():
+            executor.update_parameters(
+                **params,
+                nodes=shape.nodes,
+                tasks_per_node=shape.tasks_per_node,
+                gpus_per_node=shape.gpus_per_node,
+            )
+            args = [
+                (
+                    j.overrides,
+                    "hydra.sweep.dir",
+                    j.num,
+                    f"job_id_for_{j.num}",
+                    Singleton.get_state(),
+                )
+                for j in group
+            ]
+            handles = executor.map_array(self, *zip(*args, strict=True))
+            for j, handle in zip(group, handles, strict=True):
+                log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
+                print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
+                submitted.append((j, handle))
+
+        for job, handle in submitted:  # wait for all; a failed job never stops the sweep
+            try:
+                returns[job.num] = handle.results()[0]
+            except Exception as err:
+                returns[job.num] = _job_return(job, _failure(job, handle, err))
+        return [returns[j.num] for j in jobs]
+
+    def _job(self, num: int, overrides: Sequence[str]) -> _Job:
+        """A sweep point's config, checked here, before any job is submitted."""
+        from suite.launch import validate
+        from suite.run import run_config
+
+        assert self.config is not None and self.hydra_context is not None
+        sweep = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep):
+            sweep.hydra.job.num = num
+            folder = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
+            del sweep["hydra"]
+        cfg = run_config(sweep)
+        validate(cfg)
+        return _Job(num, list(overrides), cfg, folder)
+
+
+def _failure(job: _Job, handle: Any, err: BaseException) -> dict[str, Any]:
+    """The summary of a run whose job failed; marks the run failed if no rank could."""
+    from suite.launch import failed_summary
+
+    run = RunDir(Path(job.cfg.results_dir).resolve() / job.cfg.run_name())
+    summary = run.read_summary()
+    if summary is None:  # every rank died without a word (cancelled, node failure, ...)
+        last = str(err).strip().splitlines()[-1:] or ["no error message"]
+        error = f"SLURM job {handle.job_id} ended {handle.state}: {last[0]}"
+        summary = failed_summary(job.cfg, error, slurm_job=handle.job_id)
+        if run.path.exists():
+            run.write_summary(summary)
+    print(f"[{summary.get('status')}] {run.path}: {summary.get('error')}")
+    return {**summary, "run_dir": str(run.path), "slurm_job": handle.job_id}
+
+
+def _job_return(job: _Job, summary: dict[str, Any]) -> JobReturn:
+    """A sweep result for a job that returned nothing itself (skipped or failed)."""
+    write_outcome(job.folder, summary)
+    ret = JobReturn(overrides=job.overrides, working_dir=str(job.folder), task_name="run")
+    ret.return_value = summary
+    ret.status = JobStatus.COMPLETED  # recorded; the sweep goes on
+    return ret
+
+
+def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
+    """One sweep job's outcome, for ``SweepSummary``."""
+    keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir")
+    outcome = {k: summary.get(k) for k in keys}
+    if summary.get("skipped"):
+        outcome["status"] = "skipped"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: how many runs completed, failed, diverged or were skipped."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = sorted(
+            (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+        rows = []
+        for folder in jobs:
+            try:
+                row = json.loads((folder / OUTCOME).read_text())
+            except (OSError, ValueError):
+                row = {"status": "unknown", "error": f"no outcome in {folder}"}
+            rows.append({"job": int(folder.name), **row})
+        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+        counts["other"] = len(rows) - sum(counts.values())
+        atomic_write_text(
+            sweep_dir / "sweep_summary.json",
+            json.dumps({"counts": counts, "runs": rows}, indent=2) + "\n",
+        )
+        print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        for r in rows:
+            acc = r.get("final_test_acc")
+            what = f"acc {acc:.4f}" if isinstance(acc, float) else (r.get("error") or "")
+            print(
+                f"  #{r['job']} {r['status']:9} {r.get('protocol')} w{r.get('workers')} "
+                f"s{r.get('seed')} {what}"
+            )
+
+
+STATUSES = ("completed", "failed", "diverged", "skipped")
