@@ -16,9 +16,18 @@ from suite.record import cpu_model
 
 
 def write_record(
-    name: str, model: str, rows: list[dict[str, Any]], out: str, argv: list[str] | None
+    name: str,
+    model: str,
+    rows: list[dict[str, Any]],
+    out: str,
+    argv: list[str] | None,
+    load_before: tuple[float, float, float] | None = None,
+    **extra: Any,
 ) -> Path:
-    """Save a benchmark's rows with the command, hardware and versions that produced them."""
+    """Save a benchmark's rows with the command, hardware and versions that produced them.
+
+    The load average (before the benchmark, if given, and at the end) tells a reader
+    whether something else shared the cores; ``extra`` adds top-level fields."""
     args = sys.argv[1:] if argv is None else argv
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     record = {
@@ -29,6 +38,11 @@ def write_record(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
+        "load_avg_1_5_15": {
+            **({"before": [round(v, 2) for v in load_before]} if load_before else {}),
+            "after": [round(v, 2) for v in os.getloadavg()],
+        },
+        **extra,
         "rows": rows,
     }
     path = Path(out)

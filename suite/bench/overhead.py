@@ -1,128 +1,230 @@
-"""The suite's training step vs a bare PyTorch loop, side by side in one run.
+"""The suite's training step vs a bare PyTorch loop, per protocol, side by side in one run.
 
-Same model (the default pre-act ResNet-101 at width 1/8), same data (digits, on the
-device, same random-crop augmentation), same per-worker batch, same process count and
-threads. The bare loop is what a researcher would write by hand: torch's
-``DistributedDataParallel`` (bucketed all-reduce overlapped with backward) for several
-workers, a plain loop for one. The suite's numbers are its own training clock
-(``train_s`` / steps, evaluation excluded) from a real ``execute`` of ``ddp`` / ``single``.
-Runs alternate (bare, suite, bare, suite, ...) and the median per-step time is kept.
+Same model (the default pre-act ResNet-101 at width 1/8; ist: its 2-layer MLP), same
+data (digits, on the device, same random-crop augmentation), same per-worker batch,
+same process count and threads. The bare loops are what a researcher would write by hand:
 
-    python -m suite.bench.overhead --workers 1 2 --steps 150 --repeats 3
+- ``ddp``: torch's ``DistributedDataParallel`` (bucketed all-reduce overlapped with
+  backward); ``single`` (one worker): a plain loop;
+- ``localsgd``: a plain model and optimizer, parameters and BN buffers averaged with one
+  flat ``all_reduce`` every ℓ steps;
+- ``resist``, ``ist``: the same protocol object's hooks (begin_round, loss, backward,
+  after_backward, step, end_round) driven by a minimal loop without the suite's
+  machinery (learning-rate schedule, loss accounting, clock, metrics, checkpoints).
+
+The suite's numbers are its own training clock (``train_s`` / steps, evaluation
+excluded) from a real ``execute``. Runs alternate (bare, suite, bare, suite, ...) per
+protocol and the median per-step time is kept.
+
+    python -m suite.bench.overhead --workers 2 --protocols ddp localsgd resist ist
+    python -m suite.bench.overhead --quick        # < 60 s: fewer steps, one repeat
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import protocols
+from protocols.base import float_state
 from suite.bench import write_record
-from suite.config import LaunchConfig, RunConfig, TrainConfig
+from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
-from suite.dist import Comm, run_ranks
+from suite.dist import Comm, flatten, run_ranks, unflatten_into
 from suite.launch import execute
-from suite.train import build, make_optimizer_factory
+from suite.train import build, make_optimizer_factory, problem_info
 
 
-def _bare_loop(rank: int, comm: Comm, cfg: RunConfig, steps: int) -> float:
-    ds = load_dataset(cfg.data)
-    device = torch.device("cpu")
-    model = build(cfg, ds, device)
+class _Batches:
+    """Random batches with the suite's augmentation and normalisation, no sharding logic."""
+
+    def __init__(self, cfg: RunConfig, rank: int) -> None:
+        self.ds = load_dataset(cfg.data)
+        self.norm = Normalizer(self.ds, torch.device("cpu"))
+        self.gen = torch.Generator().manual_seed(rank)
+        self.batch = cfg.data.batch_size
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.ds
+        idx = torch.randint(0, len(ds.train_y), (self.batch,), generator=self.gen)
+        return self.norm(augment(ds.train_x[idx], ds.crop_padding, ds.flip, self.gen)), ds.train_y[
+            idx
+        ]
+
+
+def _bare_ddp(rank: int, comm: Comm, cfg: RunConfig, steps: int) -> float:
+    batches = _Batches(cfg, rank)
+    model = build(cfg, batches.ds, torch.device("cpu"))
     net = DistributedDataParallel(model) if comm.world_size > 1 else model
     opt = make_optimizer_factory(cfg.optim)(net.parameters())
-    images, labels, norm = ds.train_x, ds.train_y, Normalizer(ds, device)
-    gen = torch.Generator().manual_seed(rank)
     start = time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(0, len(labels), (cfg.data.batch_size,), generator=gen)
-        x = norm(augment(images[idx], ds.crop_padding, ds.flip, gen))
-        loss = F.cross_entropy(net(x), labels[idx])
+        x, y = batches()
+        loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return time.perf_counter() - start
 
 
-def _config(workers: int, steps: int, results: str) -> RunConfig:
-    base = RunConfig(protocol=protocols.parse_config({"name": "ddp" if workers > 1 else "single"}))
+def _bare_localsgd(rank: int, comm: Comm, cfg: RunConfig, steps: int) -> float:
+    batches = _Batches(cfg, rank)
+    model = build(cfg, batches.ds, torch.device("cpu"))
+    opt = make_optimizer_factory(cfg.optim)(model.parameters())
+    tensors, every = float_state(model), cfg.protocol.local_steps
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        x, y = batches()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            with torch.no_grad():
+                flat = flatten(tensors)
+                dist.all_reduce(flat)
+                unflatten_into(flat.div_(comm.world_size), tensors)
+    return time.perf_counter() - start
+
+
+def _bare_hooks(rank: int, comm: Comm, cfg: RunConfig, steps: int) -> float:
+    batches = _Batches(cfg, rank)
+    model = build(cfg, batches.ds, torch.device("cpu"))
+    protocol = protocols.build(cfg.protocol)
+    info = problem_info(cfg, batches.ds, model)
+    protocol.setup(model, comm, make_optimizer_factory(cfg.optim), info)
+    step, rnd = 0, 0
+    start = time.perf_counter()
+    while step < steps:
+        work = protocol.begin_round(rnd)
+        for _ in range(min(protocol.local_steps, steps - step)):
+            x, y = batches()
+            loss = work.loss(x, y)
+            work.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            protocol.after_backward(work)
+            work.optimizer.step()
+            step += 1
+        protocol.end_round(rnd, work)
+        rnd += 1
+    return time.perf_counter() - start
+
+
+BARE: dict[str, Callable[[int, Comm, RunConfig, int], float]] = {
+    "single": _bare_ddp,
+    "ddp": _bare_ddp,
+    "localsgd": _bare_localsgd,
+    "resist": _bare_hooks,
+    "ist": _bare_hooks,
+}
+
+BARE_NAMES = {
+    "single": "plain loop",
+    "ddp": "torch DDP",
+    "localsgd": "plain loop + flat all-reduce every ℓ",
+    "resist": "protocol hooks, minimal loop",
+    "ist": "protocol hooks, minimal loop",
+}
+
+
+def _config(protocol: str, workers: int, steps: int, results: str) -> RunConfig:
+    name = protocol if workers > 1 else "single"
+    model = ModelConfig(name="mlp") if name == "ist" else ModelConfig()
+    base = RunConfig(protocol=protocols.parse_config({"name": name}), model=model)
     epochs = steps * base.data.batch_size * workers / load_dataset(base.data).num_train
     return dataclasses.replace(
         base,
         workers=workers,
-        train=TrainConfig(data_epochs=epochs * (1 - 1e-9), eval_every=1e9),
+        train=TrainConfig(data_epochs=epochs * (1 - 1e-9), eval_every=1e9, checkpoint=False),
         launcher=LaunchConfig(device="cpu", progress=False),
         results_dir=results,
         force=True,
     )
 
 
-def measure(workers: int, steps: int, repeats: int) -> dict[str, Any]:
-    """Median seconds per step of the bare loop and of the suite, alternating."""
-    bare, suite = [], []
+def measure(protocols_: list[str], workers: int, steps: int, repeats: int) -> list[dict[str, Any]]:
+    """Median seconds per step of each bare loop and of the suite, alternating."""
+    names = protocols_ if workers > 1 else ["single"]
+    bare: dict[str, list[float]] = {n: [] for n in names}
+    suite: dict[str, list[float]] = {n: [] for n in names}
+    threads = max(1, (os.cpu_count() or 1) // workers)  # the launcher's default
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _config(workers, steps, tmp)
-        threads = max(1, (torch.get_num_threads() or 1) // workers)
         for _ in range(repeats):
-            times = run_ranks(_bare_loop, workers, Path(tmp), cfg, steps, threads=threads)
-            bare.append(max(times) / steps)
-            summary = execute(cfg)
-            assert summary["status"] == "completed" and summary["steps"] == steps, summary
-            suite.append(summary["train_s"] / steps)
-    b, s = statistics.median(bare), statistics.median(suite)
-    images = cfg.data.batch_size * workers
-    return {
-        "workers": workers,
-        "protocol": cfg.protocol_name,
-        "steps": steps,
-        "repeats": repeats,
-        "bare_step_s": b,
-        "suite_step_s": s,
-        "bare_images_per_s": images / b,
-        "suite_images_per_s": images / s,
-        "overhead_pct": 100 * (s / b - 1),
-        "bare_all": bare,
-        "suite_all": suite,
-    }
+            for name in names:
+                cfg = _config(name, workers, steps, tmp)
+                fn = BARE[cfg.protocol_name]
+                times = run_ranks(fn, workers, Path(tmp), cfg, steps, threads=threads)
+                bare[name].append(max(times) / steps)
+                summary = execute(cfg)
+                assert summary["status"] == "completed" and summary["steps"] == steps, summary
+                suite[name].append(summary["train_s"] / steps)
+    rows = []
+    for name in names:
+        b, s = statistics.median(bare[name]), statistics.median(suite[name])
+        rows.append(
+            {
+                "workers": workers,
+                "protocol": name,
+                "bare": BARE_NAMES[name],
+                "steps": steps,
+                "repeats": repeats,
+                "bare_step_ms": round(1e3 * b, 2),
+                "suite_step_ms": round(1e3 * s, 2),
+                "ratio": round(s / b, 4),
+                "overhead_pct": round(100 * (s / b - 1), 2),
+                "bare_all_ms": [round(1e3 * v, 2) for v in bare[name]],
+                "suite_all_ms": [round(1e3 * v, 2) for v in suite[name]],
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument(
+        "--protocols", nargs="+", default=["ddp", "localsgd", "resist", "ist"], choices=BARE
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="results/bench/overhead-cpu.json")
+    parser.add_argument("--quick", action="store_true", help="30 steps, 1 repeat (< 60 s)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    rows = [measure(w, args.steps, args.repeats) for w in args.workers]
-    out = write_record(
+    if args.quick:
+        args.steps, args.repeats = 30, 1
+        args.protocols = [p for p in args.protocols if p in ("ddp", "localsgd", "resist")]
+    out = args.out or f"results/bench/overhead{'-quick' if args.quick else ''}-cpu.json"
+    load = os.getloadavg()
+    rows = [r for w in args.workers for r in measure(args.protocols, w, args.steps, args.repeats)]
+    path = write_record(
         "overhead",
-        "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker",
+        "preact_resnet101 width 0.125 (ist: mlp2x1024), digits 8x8, batch 32 per worker",
         rows,
-        args.out,
+        out,
         argv,
+        load_before=load,
     )
-    print(
-        "| workers | protocol | bare step (ms) | suite step (ms) | bare img/s | suite img/s "
-        "| overhead |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("| workers | protocol | bare loop | bare (ms/step) | suite (ms/step) | suite / bare |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['workers']} | {r['protocol']} | {1e3 * r['bare_step_s']:.1f} | "
-            f"{1e3 * r['suite_step_s']:.1f} | {r['bare_images_per_s']:.0f} | "
-            f"{r['suite_images_per_s']:.0f} | {r['overhead_pct']:+.1f}% |"
+            f"| {r['workers']} | {r['protocol']} | {r['bare']} | {r['bare_step_ms']:.1f} | "
+            f"{r['suite_step_ms']:.1f} | {r['ratio']:.3f} ({r['overhead_pct']:+.1f} %) |"
         )
-    print(f"recorded in {out}")
+    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,18 @@ their block counts imply: the multiply-accumulates of one sub-ResNet (shared lay
     python -m suite.bench.rounds --workers 2 4 --repeats 3             # resist vs localsgd
     python -m suite.bench.rounds --model mlp --protocols ist localsgd ddp \
         --out results/bench/rounds-ist-cpu.json                          # the 2-layer MLP
+
+``--links none 1gbit`` repeats every measurement on plain loopback and on an emulated
+cluster (``launcher.link``, root only); ``--eval-every 1 --target 0.9`` also records the
+training time to a test accuracy (evaluation is off the clock, so it does not change
+the round times). ``suite.bench.cluster`` drives this for the emulated-cluster study.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 from typing import Any
@@ -28,6 +34,7 @@ from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
 from suite.launch import execute
 from suite.models.flops import count_macs
+from suite.record import RunDir
 from suite.train import build
 
 
@@ -44,7 +51,9 @@ def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:
     return count_macs(model, x) / full
 
 
-def _config(name: str, workers: int, args: argparse.Namespace, results: str) -> RunConfig:
+def _config(
+    name: str, workers: int, args: argparse.Namespace, results: str, link: str | None = None
+) -> RunConfig:
     values: dict[str, Any] = {"name": name}
     if name in ("localsgd", "resist", "ist"):
         values["local_steps"] = args.local_steps
@@ -59,47 +68,83 @@ def _config(name: str, workers: int, args: argparse.Namespace, results: str) -> 
         RunConfig(protocol=protocols.parse_config(values)),
         workers=workers,
         model=model,
-        train=TrainConfig(data_epochs=args.data_epochs, eval_every=1e9),
-        launcher=LaunchConfig(device="cpu", progress=False),
+        train=TrainConfig(
+            data_epochs=args.data_epochs,
+            eval_every=getattr(args, "eval_every", 1e9),
+            checkpoint=False,  # off the clock anyway; saves the writes
+        ),
+        launcher=LaunchConfig(device="cpu", progress=False, link=link),
         results_dir=results,
         force=True,
     )
 
 
-def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
+def time_to_target(rows: list[dict[str, Any]], target: float) -> float | None:
+    """Training clock at the first evaluation reaching ``target`` test accuracy, or None."""
+    for row in rows:
+        if row.get("test_acc") is not None and row["test_acc"] >= target:
+            return float(row["train_s"])
+    return None
+
+
+def run_stats(summary: dict[str, Any], target: float) -> dict[str, Any]:
+    """Per-round figures of one completed run (and its time to ``target``)."""
+    s, rounds, steps = summary, summary["rounds"], summary["steps"]
+    rows = RunDir(s["run_dir"]).read_metrics()
+    return {
+        "round_s": s["train_s"] / rounds,
+        "step_s": s["train_s"] / steps,
+        "compute_s": s["compute_s"] / rounds,
+        "comm_s": s["comm_s"] / rounds,
+        "bytes_per_round": s["bytes"] / rounds,
+        "moved_per_round": s["bytes_moved"] / rounds,
+        "steps_per_round": steps / rounds,
+        "final_test_acc": s["final_test_acc"],
+        "train_s": s["train_s"],
+        "tta_s": time_to_target(rows, target),
+    }
+
+
+def _median(values: list[Any]) -> Any:
+    """Median of the values; None if any is None (a repeat that never reached a target)."""
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
+def measure(workers: int, args: argparse.Namespace, link: str | None = None) -> dict[str, Any]:
     """Median per-round figures of each protocol, runs alternating across protocols."""
-    per_round: dict[str, dict[str, list[float]]] = {}
+    per_round: dict[str, dict[str, list[Any]]] = {}
+    target = getattr(args, "target", 0.9)
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for name in args.protocols:
-                s = execute(_config(name, workers, args, tmp))
+                s = execute(_config(name, workers, args, tmp, link))
                 assert s["status"] == "completed", s
                 stats = per_round.setdefault(name, {})
-                rounds, steps = s["rounds"], s["steps"]
-                for key, value in (
-                    ("round_s", s["train_s"] / rounds),
-                    ("step_s", s["train_s"] / steps),
-                    ("compute_s", s["compute_s"] / rounds),
-                    ("comm_s", s["comm_s"] / rounds),
-                    ("bytes_per_round", s["bytes"] / rounds),
-                    ("moved_per_round", s["bytes_moved"] / rounds),
-                    ("final_test_acc", s["final_test_acc"]),
-                ):
+                for key, value in run_stats(s, target).items():
                     stats.setdefault(key, []).append(value)
-    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in per_round.items()}
-    row: dict[str, Any] = {"workers": workers, "local_steps": args.local_steps, **med}
+    med = {n: {k: _median(v) for k, v in d.items()} for n, d in per_round.items()}
+    row: dict[str, Any] = {
+        "workers": workers,
+        "link": link or "loopback",
+        "local_steps": args.local_steps,
+        "target": target,
+        **med,
+    }
     if "resist" in med and "localsgd" in med:
         row["measured_ratio"] = med["resist"]["round_s"] / med["localsgd"]["round_s"]
         row["compute_ratio_measured"] = med["resist"]["compute_s"] / med["localsgd"]["compute_s"]
         row["implied_ratio"] = implied_ratio(
             _config("resist", workers, args, "unused"), workers, args.min_depth
         )
-    row["all"] = per_round
+    row["all"] = {
+        n: {k: v for k, v in d.items() if k in ("round_s", "compute_s", "comm_s", "tta_s")}
+        for n, d in per_round.items()
+    }
     return row
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--protocols", nargs="+", default=["resist", "localsgd"])
     parser.add_argument("--model", choices=["preact_resnet", "mlp"], default="preact_resnet")
@@ -108,36 +153,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-depth", type=int, default=0)
     parser.add_argument("--data-epochs", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--links", nargs="+", default=["none"], help="none (loopback) or tc rates, e.g. 1gbit"
+    )
+    parser.add_argument("--eval-every", type=float, default=1e9, help="data-epochs")
+    parser.add_argument("--target", type=float, default=0.9, help="test accuracy to time")
     parser.add_argument("--out", default="results/bench/rounds-cpu.json")
     args = parser.parse_args(argv)
-    rows = [measure(w, args) for w in args.workers]
+    load = os.getloadavg()
+    links = [None if link == "none" else link for link in args.links]
+    rows = [measure(w, args, link) for link in links for w in args.workers]
     model = (
         f"2-layer IST MLP width {args.hidden}, digits (64 features)"
         if args.model == "mlp"
         else "preact_resnet101 width 0.125, digits 8x8"
     )
-    out = write_record("rounds", f"{model}, batch 32 per worker", rows, args.out, argv)
-    print(
-        "| workers | protocol | round (ms) | step (ms) | compute/round (ms) | comm/round (ms) "
-        "| MB/round (paper) | MB/round (moved) | final acc |"
+    out = write_record(
+        "rounds", f"{model}, batch 32 per worker", rows, args.out, argv, load_before=load
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print_table(rows, args.protocols)
+    print(f"recorded in {out}")
+
+
+def print_table(rows: list[dict[str, Any]], names: list[str]) -> None:
+    """The rows as a markdown table."""
+    print(
+        "| workers | link | protocol | round (ms) | step (ms) | compute/round (ms) "
+        "| comm/round (ms) | MB/round (paper) | MB/round (moved) | final acc | time to target |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        for name in args.protocols:
+        for name in names:
             m = r[name]
+            tta = "—" if m["tta_s"] is None else f"{m['tta_s']:.1f} s"
             print(
-                f"| {r['workers']} | {name} | {1e3 * m['round_s']:.1f} | {1e3 * m['step_s']:.2f} | "
-                f"{1e3 * m['compute_s']:.1f} | {1e3 * m['comm_s']:.1f} | "
-                f"{m['bytes_per_round'] / 1e6:.2f} | {m['moved_per_round'] / 1e6:.2f} | "
-                f"{m['final_test_acc']:.3f} |"
+                f"| {r['workers']} | {r['link']} | {name} | {1e3 * m['round_s']:.1f} | "
+                f"{1e3 * m['step_s']:.2f} | {1e3 * m['compute_s']:.1f} | "
+                f"{1e3 * m['comm_s']:.1f} | {m['bytes_per_round'] / 1e6:.2f} | "
+                f"{m['moved_per_round'] / 1e6:.2f} | {m['final_test_acc']:.3f} | {tta} |"
             )
         if "implied_ratio" in r:
             print(
-                f"| {r['workers']} | resist/localsgd | ratio {r['measured_ratio']:.2f} | | "
-                f"compute ratio {r['compute_ratio_measured']:.2f} | | implied by blocks "
-                f"{r['implied_ratio']:.2f} | | |"
+                f"| {r['workers']} | {r['link']} | resist/localsgd | ratio "
+                f"{r['measured_ratio']:.2f} | | compute ratio {r['compute_ratio_measured']:.2f} "
+                f"| | implied by blocks {r['implied_ratio']:.2f} | | | |"
             )
-    print(f"recorded in {out}")
 
 
 if __name__ == "__main__":
