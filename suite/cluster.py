@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,15 +115,19 @@ class SweepSlurmLauncher(SlurmLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         params = dict(self.params)
-        for key in ("tasks_per_node", "nodes"):
-            if params.pop(key, None) is not None:
-                raise ConfigError(
-                    f"hydra.launcher.{key} is derived from workers; set gpus_per_node "
-                    "(GPUs per node) or max_tasks_per_node instead"
-                )
-        gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
-        jobs = [self._job(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
-        layouts = [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
+        try:  # every point is checked before anything is submitted
+            for key in ("tasks_per_node", "nodes"):
+                if params.pop(key, None) is not None:
+                    raise ConfigError(
+                        f"hydra.launcher.{key} is derived from workers; set gpus_per_node "
+                        "(GPUs per node) or max_tasks_per_node instead"
+                    )
+            gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
+            jobs = [self._job(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+            layouts = [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
         returns: dict[int, JobReturn] = {}
         pending: dict[Layout, list[_Job]] = {}

@@ -53,6 +53,15 @@ def test_multirun_sweeps_protocols_and_workers(tmp_path):
         ("localsgd", 1),
         ("localsgd", 2),
     }
+    assert "4 completed" in out  # the sweep's closing summary
+    (record,) = tmp_path.glob("_hydra/*/sweep_summary.json")
+    sweep = json.loads(record.read_text())
+    assert sweep["counts"]["completed"] == 4 and len(sweep["runs"]) == 4
+
+    code, out = run_cli(
+        "-m", "protocol=ddp,localsgd", "workers=1,2", *TINY, f"results_dir={tmp_path}", cwd=tmp_path
+    )
+    assert code == 0 and "4 skipped" in out, out
 
 
 def test_submitit_local_launcher(tmp_path):
