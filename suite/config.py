@@ -86,6 +86,8 @@ class TrainConfig:
     eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
     deterministic: bool = False
     checkpoint: bool = True  # save state at each evaluation; resume a run that stopped
+    precision: str = "fp32"  # "fp32", or "bf16": the forward pass under bf16 autocast
+    channels_last: bool = False  # conv weights and image batches in NHWC memory layout
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,9 @@ class RunConfig:
         for key in ("results_dir", "force", "launcher"):
             d.pop(key)
         d["train"].pop("checkpoint")  # saving state changes no result
+        for key, default in (("precision", "fp32"), ("channels_last", False)):
+            if d["train"][key] == default:  # absent when off: older run names stay valid
+                d["train"].pop(key)
         d["device"] = self.launcher.device
         if self.launcher.link is not None:  # an emulated link changes every timing
             d["link"] = self.launcher.link

@@ -38,6 +38,7 @@ from suite.train import Preempted, build, problem_info, train
 log = logging.getLogger("suite")
 
 SCHEDULES = ("step", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 MAX_WORKERS = 1024
 
 
@@ -57,6 +58,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.bn={cfg.model.bn!r}; valid: {', '.join(BN_MODES)}")
     if cfg.train.data_epochs <= 0 or cfg.train.eval_every <= 0:
         raise ConfigError("train.data_epochs and train.eval_every must be > 0")
+    if cfg.train.precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.precision={cfg.train.precision!r}; valid: {', '.join(PRECISIONS)}"
+        )
     if cfg.launcher.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"launcher.device={cfg.launcher.device!r}; valid: auto, cpu, cuda")
     if cfg.launcher.device == "cuda" and not torch.cuda.is_available():
@@ -77,6 +82,8 @@ def validate(cfg: RunConfig) -> None:
         from suite import netem
 
         netem.check(cfg.launcher.link, cfg.workers)
+    if uses_cuda and cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision=bf16 but this GPU has no bf16; use fp32")
     ds = load_dataset(cfg.data)  # a missing or corrupt data set fails here, not in a worker
     per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train
     if per_worker < cfg.data.batch_size:

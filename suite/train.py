@@ -171,6 +171,8 @@ def train(
         torch.use_deterministic_algorithms(True)
     ds = load_dataset(cfg.data)
     model = build(cfg, ds, device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     comm.broadcast_(list(model.state_dict().values()))  # identical start (not counted)
     protocol = protocols.build(cfg.protocol)
     protocol.setup(model, comm, make_optimizer_factory(cfg.optim), problem_info(cfg, ds, model))
@@ -228,16 +230,20 @@ def train(
         if comm.rank == 0:
             checkpoints.commit(at, comm.world_size)
 
+    bf16 = cfg.train.precision == "bf16"
     started = time.time()  # when this attempt's first step began (for launch latency)
     clock.start()
     while step < budget.steps:
         work = protocol.begin_round(rnd)
         for _ in range(min(protocol.local_steps, budget.steps - step)):
             x, y = next(batches)
+            if cfg.train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             lr = learning_rate(cfg.optim, step, budget.steps)
             for group in work.optimizer.param_groups:
                 group["lr"] = lr
-            loss = work.loss(x, y)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = work.loss(x, y)
             work.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             protocol.after_backward(work)

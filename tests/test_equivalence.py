@@ -1,6 +1,7 @@
 """Equivalences between protocols and exact byte counts, on real gloo process groups."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -127,3 +128,30 @@ def test_localsgd_reset_clears_momentum_each_round(tmp_path):
     a = run_ranks(train_rank, 2, tmp_path, keep)[0]["state"]
     b = run_ranks(train_rank, 2, tmp_path, reset)[0]["state"]
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_channels_last_and_bf16_train_the_same_model(tmp_path):
+    """The memory layout changes only the order of float sums; bf16 autocast stays near
+    (11 steps: its rounding compounds, so the bound is loose but far from a broken run).
+    Bytes communicated are identical either way (the wire format stays fp32)."""
+    base = tiny_config("localsgd", 2, train={"data_epochs": 0.25, "eval_every": 0.25})
+    runs = {}
+    for name, changes in {
+        "fp32": {},
+        "channels_last": {"channels_last": True},
+        "bf16": {"precision": "bf16"},
+    }.items():
+        cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, **changes))
+        runs[name] = run_ranks(train_rank, 2, tmp_path, cfg)[0]
+    ref = runs["fp32"]
+    for name, tol in (("channels_last", 1e-4), ("bf16", 0.25)):
+        got = runs[name]
+        assert got["summary"]["bytes"] == ref["summary"]["bytes"]
+        worst = 0.0
+        for key, value in ref["state"].items():
+            if value.is_floating_point():
+                err = (got["state"][key] - value).abs().max().item()
+                assert err <= tol * max(1.0, value.abs().max().item()), (name, key, err)
+                worst = max(worst, err)
+        if name == "bf16":
+            assert worst > 1e-4  # autocast really ran in bf16
