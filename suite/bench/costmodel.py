@@ -100,13 +100,20 @@ def check(record: dict[str, Any]) -> list[dict[str, Any]]:
     loop = {(r["workers"], r["protocol"]): r for r in record["rows"] if r["link"] == "loopback"}
     out = []
     for r in record["rows"]:
-        base, p = loop.get((r["workers"], r["protocol"])), probes.get((r["link"], r["workers"]))
-        if base is None or p is None:
+        key = (r["workers"], r["protocol"])
+        base, p = loop.get(key), probes.get((r["link"], r["workers"]))
+        p_loop = probes.get(("loopback", r["workers"]))
+        if base is None or p is None or p_loop is None:
             continue
-        step_s = base["compute_ms"] / 1e3 / base["local_steps"]
-        link = Link(p["bandwidth_bps"], p["latency_s"])
         per_rank, messages = r["MB_per_rank"] * 1e6, hops(r["protocol"], r["workers"])
-        pred = predict(step_s, r["local_steps"], per_rank, link, messages)
+        step_s = base["compute_ms"] / 1e3 / base["local_steps"]
+        pred = predict(step_s, r["local_steps"], per_rank, _link(p), messages)
+        # Variant "with sync": the per-step time is everything the loopback round took
+        # beyond its own modelled transfer and latency, i.e. compute plus waiting for
+        # stragglers (ranks share the cores), so only the link's part is predicted.
+        on_loop = predict(0.0, 0, base["MB_per_rank"] * 1e6, _link(p_loop), messages)
+        step_sync_s = (base["round_ms"] / 1e3 - on_loop.total_s) / base["local_steps"]
+        pred_sync = predict(step_sync_s, r["local_steps"], per_rank, _link(p), messages)
         measured = r["round_ms"] / 1e3
         out.append(
             {
@@ -119,9 +126,15 @@ def check(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "predicted_ms": 1e3 * pred.total_s,
                 "measured_ms": r["round_ms"],
                 "error_pct": error_pct(pred.total_s, measured),
+                "predicted_sync_ms": 1e3 * pred_sync.total_s,
+                "error_sync_pct": error_pct(pred_sync.total_s, measured),
             }
         )
     return out
+
+
+def _link(probe: dict[str, Any]) -> Link:
+    return Link(probe["bandwidth_bps"], probe["latency_s"])
 
 
 def check_compute_ratio(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -209,6 +222,7 @@ def project(
                     "MB_per_rank_per_round": per_rank / 1e6,
                     "round_compute_s": cost.compute_s,
                     "round_comm_s": cost.transfer_s + cost.latency_s,
+                    "round_latency_s": cost.latency_s,
                     "round_s": cost.total_s,
                     "rounds": num_rounds,
                     "train_s": num_rounds * cost.total_s,
@@ -218,6 +232,27 @@ def project(
     for r in rows:
         r["speedup_vs_localsgd"] = by[(r["workers"], "localsgd")]["train_s"] / r["train_s"]
     return rows
+
+
+def calibrate(projection: list[dict[str, Any]], paper: dict[tuple[str, int], float]) -> None:
+    """Where the paper reports local SGD's time: the effective link bandwidth that would
+    make the model reproduce it (compute as assumed), and ResIST's time and speedup on that
+    link. A fit to one reported number, not a prediction; added to the rows in place."""
+    by = {(r["workers"], r["protocol"]): r for r in projection}
+    for (name, workers), seconds in paper.items():
+        local, resist = by.get((workers, "localsgd")), by.get((workers, "resist"))
+        if name != "localsgd" or local is None or resist is None:
+            continue
+        comm = seconds / local["rounds"] - local["round_compute_s"] - local["round_latency_s"]
+        if comm <= 0:
+            continue
+        bandwidth = local["MB_per_rank_per_round"] * 1e6 * 8 / comm
+        transfer = resist["MB_per_rank_per_round"] * 1e6 * 8 / bandwidth
+        resist_round = resist["round_compute_s"] + transfer + resist["round_latency_s"]
+        local["fitted_gbit"] = bandwidth / 1e9
+        resist["fitted_gbit"] = bandwidth / 1e9
+        resist["fitted_train_s"] = resist["rounds"] * resist_round
+        resist["fitted_speedup"] = seconds / resist["fitted_train_s"]
 
 
 def reported_times() -> dict[tuple[str, int], float]:
@@ -231,7 +266,12 @@ def reported_times() -> dict[tuple[str, int], float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--measurements", default="results/bench/cluster-cpu.json")
+    parser.add_argument(
+        "--measurements",
+        nargs="+",
+        default=["results/bench/cluster-cpu.json", "results/bench/cluster-w8-cpu.json"],
+        help="suite.bench.cluster records (missing files are skipped)",
+    )
     parser.add_argument("--tflops", type=float, default=V100_TFLOPS, help="assumed, per GPU")
     parser.add_argument("--gbit", type=float, default=10.0, help="link rate of the projection")
     parser.add_argument("--latency-us", type=float, default=50.0, help="per hop (assumed)")
@@ -239,10 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     out = args.out or f"results/bench/costmodel{'-quick' if args.quick else ''}.json"
-    measured = Path(args.measurements)
-    record = json.loads(measured.read_text()) if measured.exists() else None
-    checks = check(record) if record else []
-    ratios = check_compute_ratio(record) if record else []
+    found = [Path(m) for m in args.measurements if Path(m).exists()]
+    record: dict[str, list[Any]] = {"rows": [], "probes": [], "ratios": []}
+    for path in found:  # one record of every row, probe and ratio measured
+        data = json.loads(path.read_text())
+        for key in record:
+            record[key] += data.get(key, [])
+    checks, ratios = check(record), check_compute_ratio(record)
     model: nn.Module
     workers: tuple[int, ...]
     if args.quick:  # ResNet-34 at width 1/16: five partitionable blocks
@@ -261,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         r["reported_train_s"] = reported_s
         base = paper.get(("localsgd", r["workers"]))
         r["reported_speedup"] = base / reported_s if reported_s and base else None
+    calibrate(projection, paper)
     assumptions = {
         "tflops_per_gpu": args.tflops,
         "link_gbit": args.gbit,
@@ -276,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         _rounded(checks),
         out,
         argv,
-        measurements=str(measured) if record else None,
+        measurements=[str(p) for p in found],
         compute_ratio_check=_rounded(ratios),
         projection=_rounded(projection),
         assumptions=assumptions,
@@ -301,14 +345,16 @@ def print_tables(
     if checks:
         print(
             "| link | workers | protocol | predicted (ms) | = compute + transfer + latency "
-            "| measured (ms) | error |"
+            "| measured (ms) | error | with loopback sync wait: predicted | error |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for c in checks:
+            sync = "(input)" if c["link"] == "loopback" else f"{c['error_sync_pct']:+.1f} %"
             print(
                 f"| {c['link']} | {c['workers']} | {c['protocol']} | {c['predicted_ms']:.1f} | "
                 f"{c['compute_ms']:.1f} + {c['transfer_ms']:.1f} + {c['latency_ms']:.2f} | "
-                f"{c['measured_ms']:.1f} | {c['error_pct']:+.1f} % |"
+                f"{c['measured_ms']:.1f} | {c['error_pct']:+.1f} % | "
+                f"{c['predicted_sync_ms']:.1f} | {sync} |"
             )
     if ratios:
         print("\n| link | workers | resist/localsgd compute from MACs | measured | error |")
@@ -324,16 +370,19 @@ def print_tables(
     )
     print(
         "| workers | protocol | blocks | compute/round (s) | comm/round (s) | train (s) "
-        "| speedup vs localsgd | reported train (s) | reported speedup |"
+        "| speedup vs localsgd | reported train (s) | reported speedup "
+        "| fitted link (Gbit/s) | speedup on it |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in projection:
         rep = "—" if r["reported_train_s"] is None else f"{r['reported_train_s']:.0f}"
         rsp = "—" if r["reported_speedup"] is None else f"{r['reported_speedup']:.2f}×"
+        fit = f"{r['fitted_gbit']:.3f}" if "fitted_gbit" in r else "—"
+        fsp = f"{r['fitted_speedup']:.2f}×" if "fitted_speedup" in r else "—"
         print(
             f"| {r['workers']} | {r['protocol']} | {r['blocks']} | {r['round_compute_s']:.2f} | "
             f"{r['round_comm_s']:.3f} | {r['train_s']:.0f} | {r['speedup_vs_localsgd']:.2f}× | "
-            f"{rep} | {rsp} |"
+            f"{rep} | {rsp} | {fit} | {fsp} |"
         )
 
 

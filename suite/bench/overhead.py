@@ -185,6 +185,12 @@ def measure(protocols_: list[str], workers: int, steps: int, repeats: int) -> li
                 "suite_step_ms": round(1e3 * s, 2),
                 "ratio": round(s / b, 4),
                 "overhead_pct": round(100 * (s / b - 1), 2),
+                # each suite run over the bare run just before it: drifts in what else
+                # runs on the machine cancel within a pair
+                "paired_ratio_median": round(
+                    statistics.median(x / y for x, y in zip(suite[name], bare[name], strict=True)),
+                    4,
+                ),
                 "bare_all_ms": [round(1e3 * v, 2) for v in bare[name]],
                 "suite_all_ms": [round(1e3 * v, 2) for v in suite[name]],
             }
@@ -217,12 +223,16 @@ def main(argv: list[str] | None = None) -> None:
         argv,
         load_before=load,
     )
-    print("| workers | protocol | bare loop | bare (ms/step) | suite (ms/step) | suite / bare |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| workers | protocol | bare loop | bare (ms/step) | suite (ms/step) | suite / bare "
+        "| paired ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['workers']} | {r['protocol']} | {r['bare']} | {r['bare_step_ms']:.1f} | "
-            f"{r['suite_step_ms']:.1f} | {r['ratio']:.3f} ({r['overhead_pct']:+.1f} %) |"
+            f"{r['suite_step_ms']:.1f} | {r['ratio']:.3f} ({r['overhead_pct']:+.1f} %) | "
+            f"{r['paired_ratio_median']:.3f} |"
         )
     print(f"recorded in {path}")
 
