@@ -44,6 +44,24 @@ class Rendezvous:
     port: int = 0  # 0: read MASTER_ADDR/MASTER_PORT from the environment (env://)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a launcher killed with kill -9
+    must not leave ranks waiting on collectives); a no-op elsewhere."""
+    import ctypes
+    import multiprocessing
+    import signal
+    import sys
+
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before we asked
+        raise RuntimeError("the launcher is already gone")
+
+
 def pick_device(device: str, local_rank: int) -> torch.device:
     """``auto`` picks CUDA when present (one GPU per rank, round robin), else CPU."""
     if device == "auto":

@@ -30,7 +30,14 @@ import protocols
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.data import load_dataset
-from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
+from suite.dist import (
+    Comm,
+    Rendezvous,
+    destroy_process_group,
+    die_with_parent,
+    init_process_group,
+    pick_device,
+)
 from suite.models.resnet import BN_MODES
 from suite.record import RunDir, environment
 from suite.train import Preempted, build, problem_info, train
@@ -268,6 +275,7 @@ def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str, netns: str | N
     teardown of gloo/store threads at interpreter exit can abort a finished worker."""
     code = 0
     try:
+        die_with_parent()  # never outlive the launcher (its kill -9 included)
         worker(rdv, cfg, run_path, netns)
     except BaseException:
         code = 1  # the traceback is in error-rank<r>.txt

@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import fcntl
 import ipaddress
-import multiprocessing
 import os
 import re
 import shutil
@@ -41,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from suite.config import ConfigError
+from suite.dist import die_with_parent
 
 MAX_WORKERS = 250  # one /24 per cluster: the bridge, then one address per rank
 NETNS_DIR = Path("/var/run/netns")
 LOCK = Path("/run/commbench-netem.lock")
 PREFIX = "cb"  # every interface and namespace name starts with this (then the owner)
 CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 EXAMPLES = "10gbit, 1gbit, 100mbit, 500kbit"
 _UNITS = {  # tc's rate units, in bits per second ("bps" is bytes per second, as in tc)
     "bit": 1,
@@ -321,11 +320,7 @@ def enter(namespace: str) -> None:
     and a rank left behind would then wait on a dead link for the whole collective timeout.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    parent = multiprocessing.parent_process()
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if parent is not None and os.getppid() != parent.pid:
-        raise RuntimeError(f"rank for {namespace}: its launcher is already gone")
+    die_with_parent()
     path = NETNS_DIR / namespace
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

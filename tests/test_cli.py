@@ -98,3 +98,52 @@ def test_bad_input_is_refused_with_the_valid_choices(tmp_path, args, message):
     if args == ["protocol=nope"]:
         assert "ddp" in out and "localsgd" in out and "single" in out
     assert not summaries(tmp_path)
+
+
+def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
+    """kill -9 of the launching process: its workers die with it, nothing hangs on."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suite.run", "train.data_epochs=20", f"results_dir={tmp_path}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ranks() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == proc.pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(workers := ranks()) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "workers never started"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in workers if _running(pid)]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their launcher"
+
+
+def _running(pid: int) -> bool:
+    """Exists and is not a zombie (a dead child not yet reaped by its new parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
