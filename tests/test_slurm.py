@@ -214,6 +214,7 @@ def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(slurm, tmp_path):
         text = sweep.wait()
     finally:
         sweep.cancel()
+    print(f"run marked failed {detected:.1f} s after the kill -9")
     assert detected < 30
     summary = failed.read_summary()
     assert summary["error"].startswith("rank 1 ended without an error report"), summary
@@ -244,7 +245,9 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(two_point_s
     finally:
         sweep.cancel()
     assert ["REQUEUED"] in _sacct(job, "State", "-X", "-D")  # every attempt, not the last
-    assert "[resume]" in "".join(p.read_text() for p in sweep.results.rglob("*_log.out"))
+    logs = "".join(p.read_text() for p in sweep.results.rglob("*_log.out"))
+    assert "[resume]" in logs
+    print(re.search(r"\[preempted\].*", logs)[0])
     assert "1 completed" in text
 
     got = sweep.run("digits-*-localsgd-w2-s0-*")
