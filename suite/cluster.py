@@ -38,7 +38,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, open_dict
 
 from suite.config import ConfigError, RunConfig
-from suite.record import RunDir, atomic_write_text
+from suite.launch import failed_summary, run_dir, skip_completed, validate
+from suite.record import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,9 @@ class SweepSlurmLauncher(SlurmLauncher):
         returns: dict[int, JobReturn] = {}
         pending: dict[Layout, list[_Job]] = {}
         for job, shape in zip(jobs, layouts, strict=True):
-            run = RunDir(Path(job.cfg.results_dir).resolve() / job.cfg.run_name())
-            if run.is_complete() and not job.cfg.force:
-                summary = {**(run.read_summary() or {}), "skipped": True, "run_dir": str(run.path)}
-                print(f"[skip] {run.path} already completed")
-                returns[job.num] = _job_return(job, summary)
+            skipped = skip_completed(job.cfg)
+            if skipped is not None:
+                returns[job.num] = _job_return(job, skipped)
             else:
                 pending.setdefault(shape, []).append(job)
 
@@ -182,7 +181,6 @@ class SweepSlurmLauncher(SlurmLauncher):
 
     def _job(self, num: int, overrides: Sequence[str]) -> _Job:
         """A sweep point's config, checked here, before any job is submitted."""
-        from suite.launch import validate
         from suite.run import run_config
 
         assert self.config is not None and self.hydra_context is not None
@@ -198,9 +196,7 @@ class SweepSlurmLauncher(SlurmLauncher):
 
 def _failure(job: _Job, handle: Any, err: BaseException) -> dict[str, Any]:
     """The summary of a run whose job failed; marks the run failed if no rank could."""
-    from suite.launch import failed_summary
-
-    run = RunDir(Path(job.cfg.results_dir).resolve() / job.cfg.run_name())
+    run = run_dir(job.cfg)
     summary = run.read_summary()
     if summary is None:  # every rank died without a word (cancelled, node failure, ...)
         last = str(err).strip().splitlines()[-1:] or ["no error message"]

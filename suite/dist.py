@@ -215,7 +215,7 @@ def _rank_main(
     code = 0
     try:
         if netns is not None:
-            from suite import netem
+            from suite import netem  # not at the top: netem imports this module
 
             netem.enter(netns)
         init_process_group(rdv, torch.device("cpu"), 300)
@@ -240,12 +240,10 @@ def run_ranks(
     """Run ``fn(rank, comm, *args)`` in ``world`` real gloo processes on CPU; return each
     rank's (picklable) result. For tests and benchmarks; ``fn`` must be importable.
     ``link`` (e.g. ``"1gbit"``, root only): each rank behind its own emulated link."""
-    if link is None:
-        return _run_ranks(fn, world, tmp, args, threads, "127.0.0.1", [None] * world)
-    from suite import netem
+    from suite import netem  # not at the top: netem imports this module
 
-    with netem.cluster(world, link) as net:
-        return _run_ranks(fn, world, tmp, args, threads, net.master_addr, list(net.namespaces))
+    with netem.endpoints(world, link) as (host, spaces):
+        return _run_ranks(fn, world, tmp, args, threads, host, spaces)
 
 
 def _run_ranks(

@@ -11,7 +11,6 @@ The training code does not know which path started it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 import protocols
+from suite import netem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.data import load_dataset
@@ -86,8 +86,6 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(
                 "launcher.link emulates a cluster on one machine; not under a scheduler"
             )
-        from suite import netem
-
         netem.check(cfg.launcher.link, cfg.workers)
     if uses_cuda and cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision=bf16 but this GPU has no bf16; use fp32")
@@ -131,15 +129,29 @@ def _scheduler_rank() -> Rendezvous | None:
     return Rendezvous(dist_env.rank, dist_env.world_size)
 
 
+def run_dir(cfg: RunConfig) -> RunDir:
+    """The run folder of ``cfg`` (named by its semantic config)."""
+    return RunDir(Path(cfg.results_dir).resolve() / cfg.run_name())
+
+
+def skip_completed(cfg: RunConfig) -> dict[str, Any] | None:
+    """The summary to return instead of running, if ``cfg`` already completed (and
+    ``force`` is off); None if it has to run."""
+    run = run_dir(cfg)
+    if cfg.force or not run.is_complete():
+        return None
+    log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
+    print(f"[skip] {run.path} already completed")
+    return {**(run.read_summary() or {}), "skipped": True, "run_dir": str(run.path)}
+
+
 def execute(cfg: RunConfig) -> dict[str, Any]:
     """Run one configuration (or skip it if already completed); return its summary."""
     validate(cfg)
-    run = RunDir(Path(cfg.results_dir).resolve() / cfg.run_name())
-    if run.is_complete() and not cfg.force:
-        summary = run.read_summary() or {}
-        log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
-        print(f"[skip] {run.path} already completed")
-        return {**summary, "skipped": True, "run_dir": str(run.path)}
+    skipped = skip_completed(cfg)
+    if skipped is not None:
+        return skipped
+    run = run_dir(cfg)
     resume = cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step()
     rdv = _scheduler_rank()
     if rdv is not None:  # one task per rank: run our rank here
@@ -248,10 +260,7 @@ def worker(
     at every round's end whether to checkpoint and stop (``Preempted``)."""
     run = RunDir(run_path)
     try:
-        if netns is not None:
-            from suite import netem
-
-            netem.enter(netns)
+        netem.enter(netns)
         torch.set_num_threads(_threads(cfg))
         local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
         device = pick_device(cfg.launcher.device, local_rank)
@@ -285,15 +294,9 @@ def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str, netns: str | N
 
 
 def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, Any]:
-    """Start ``workers`` processes, watch them, and return the run's summary."""
-    with contextlib.ExitStack() as stack:
-        host = "127.0.0.1"
-        spaces: list[str | None] = [None] * cfg.workers
-        if cfg.launcher.link is not None:  # every rank in its own namespace, shaped links
-            from suite import netem
-
-            net = stack.enter_context(netem.cluster(cfg.workers, cfg.launcher.link))
-            host, spaces = net.master_addr, list(net.namespaces)
+    """Start ``workers`` processes, watch them, and return the run's summary (with
+    ``launcher.link``, every rank in its own namespace behind a shaped link)."""
+    with netem.endpoints(cfg.workers, cfg.launcher.link) as (host, spaces):
         return _spawn(cfg, run, host, spaces, poll_s)
 
 

@@ -311,7 +311,18 @@ def cluster(workers: int, link: str) -> Iterator[Cluster]:
             remove(tag)
 
 
-def enter(namespace: str) -> None:
+@contextlib.contextmanager
+def endpoints(workers: int, link: str | None) -> Iterator[tuple[str, list[str | None]]]:
+    """Where the ranks meet, and each rank's namespace: loopback and none without a
+    link; otherwise an emulated cluster, built here and removed on the way out."""
+    if link is None:
+        yield "127.0.0.1", [None] * workers
+        return
+    with cluster(workers, link) as net:
+        yield net.master_addr, list(net.namespaces)
+
+
+def enter(namespace: str | None) -> None:
     """Move this process (its calling thread; call it before any thread that opens
     sockets exists) into ``namespace`` and point gloo at the rank's interface there.
 
@@ -319,6 +330,8 @@ def enter(namespace: str) -> None:
     kill -9 cannot tear its cluster down, the next cluster removes the links as stale,
     and a rank left behind would then wait on a dead link for the whole collective timeout.
     """
+    if namespace is None:  # plain loopback
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     die_with_parent()
     path = NETNS_DIR / namespace
