@@ -122,11 +122,15 @@ class AuxNet(Protocol):
         device = next(model.parameters()).device
         x = torch.zeros(2, *info_shape(info), device=device)
         shapes, costs, h = [], [], x
-        macs = count_macs(model, x, per_module=True)
-        for u in units:
-            shapes.append(tuple(h.shape[1:]))
-            h = u(h)
-            costs.append(sum(v for m, v in macs.items() if any(m is q for q in u.modules())))
+        was_training = model.training
+        model.eval()  # probing shapes and costs must not move BatchNorm's running statistics
+        with torch.no_grad():
+            macs = count_macs(model, x, per_module=True)
+            for u in units:
+                shapes.append(tuple(h.shape[1:]))
+                h = u(h)
+                costs.append(sum(macs.get(q, 0) for q in u.modules()))
+        model.train(was_training)
         self.cuts = list(self.cfg.cuts) or balanced_cuts(costs, self.size)
         bounds = [*self.cuts, len(units)]
         self.modules_ = [nn.Sequential(*units[a:b]) for a, b in itertools.pairwise(bounds)]
@@ -264,18 +268,17 @@ class AuxNet(Protocol):
             return
         if self.k == 0:
             recvs = {
-                k: torch.empty(sum(t.numel() for t in float_state(m)))
+                k: torch.empty(
+                    sum(t.numel() for t in state), device=state[0].device, dtype=state[0].dtype
+                )
                 for k, m in enumerate(self.modules_)
-                if k > 0
+                if k > 0 and (state := float_state(m))
             }
             self.comm.exchange({}, recvs)
             for k, flat in recvs.items():
                 unflatten_into(flat, float_state(self.modules_[k]))
         else:
             self.comm.exchange({0: flatten(float_state(self.module))}, {})
-
-    def eval_model(self) -> nn.Module:
-        return self.model
 
     def state_dict(self) -> dict[str, Any]:
         return {

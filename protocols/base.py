@@ -77,7 +77,11 @@ class Protocol(ABC):
 
     @classmethod
     def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
-        """Why this setting cannot run (a message naming the valid choices), or None."""
+        """Why this setting cannot run (a message naming the valid choices), or None.
+        Subclasses add their own checks and end with ``super().supports(...)``."""
+        local_steps = getattr(cfg, "local_steps", 1)
+        if local_steps < 1:
+            return f"protocol.local_steps must be >= 1, got {local_steps}"
         return None
 
     @classmethod

@@ -99,9 +99,7 @@ class IST(Protocol):
                 f"protocol=ist: hidden width {bad[0]} does not split into {workers} equal groups; "
                 "use a worker count that divides model.hidden"
             )
-        if cfg.local_steps < 1:
-            return f"protocol.local_steps must be >= 1, got {cfg.local_steps}"
-        return None
+        return super().supports(cfg, info, workers)
 
     @classmethod
     def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from protocols.base import ProblemInfo, Protocol, Work, float_state, nbytes
+from protocols.base import Protocol, Work, float_state, nbytes
 
 
 class LocalSGD(Protocol):
@@ -31,12 +31,6 @@ class LocalSGD(Protocol):
         name: str = "localsgd"
         local_steps: int = 10
         optimizer_state: Literal["keep", "average", "reset"] = "keep"
-
-    @classmethod
-    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
-        if cfg.local_steps < 1:
-            return f"protocol.local_steps must be >= 1, got {cfg.local_steps}"
-        return None
 
     @classmethod
     def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:

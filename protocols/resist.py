@@ -94,8 +94,8 @@ class ResIST(Protocol):
                 "protocol=resist: this model has no partitionable blocks (stage 3 needs at "
                 "least 2 blocks); use model.depth=34, 101, 152 or 200"
             )
-        if cfg.local_steps < 1:
-            return f"protocol.local_steps must be >= 1, got {cfg.local_steps}"
+        if (reason := super().supports(cfg, info, workers)) is not None:
+            return reason
         if not 0 <= cfg.min_depth <= num:
             return f"protocol.min_depth must be in 0..{num}, got {cfg.min_depth}"
         if cfg.min_depth == 0 and workers > num:
@@ -119,7 +119,7 @@ class ResIST(Protocol):
     def setup(
         self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
     ) -> None:
-        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
+        super().setup(model, comm, make_optimizer, info)  # the replica and its optimizer
         self.seed, self.size = info.seed, comm.world_size
         self.blocks = model.partitionable_blocks()  # type: ignore[operator]
         self.block_state = [float_state(b) for b in self.blocks]
@@ -134,7 +134,6 @@ class ResIST(Protocol):
         if self.cfg.min_depth:
             self.scale = max(1 / self.size, self.cfg.min_depth / len(self.blocks))
         self.block_of = {id(p): i for i, b in enumerate(self.blocks) for p in b.parameters()}
-        self.work = Work(model, make_optimizer(model.parameters()))
         self.round = 0
         self._rounds: dict[int, list[list[int]]] = {}
 

@@ -19,8 +19,11 @@ world size 1 performs no collectives at all, which keeps unit tests trivial.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,17 +50,12 @@ class Rendezvous:
 def die_with_parent() -> None:
     """Ask Linux to kill this process when its parent dies (a launcher killed with kill -9
     must not leave ranks waiting on collectives); a no-op elsewhere."""
-    import ctypes
-    import multiprocessing
-    import signal
-    import sys
-
     if sys.platform != "linux":
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    parent = multiprocessing.parent_process()
+    parent = mp.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # it died before we asked
         raise RuntimeError("the launcher is already gone")
 
@@ -122,7 +120,6 @@ class Comm:
         self.bytes_paper = 0
         self.bytes_moved = 0
         self.seconds = 0.0
-        self.calls = 0
         self.counting = True
 
     def _sync(self) -> None:
@@ -139,7 +136,6 @@ class Comm:
             self.bytes_payload += payload
             self.bytes_paper += paper
             self.bytes_moved += moved
-            self.calls += 1
 
     def count_paper(self, nbytes: int) -> None:
         """Add bytes under the paper's own convention (for point-to-point protocols)."""

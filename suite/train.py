@@ -29,7 +29,7 @@ from suite.models import build_model
 from suite.record import RunDir
 
 #: Comm's counters, saved and restored with a checkpoint.
-COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds", "calls")
+COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds")
 
 
 @dataclass
@@ -292,8 +292,9 @@ def train(
     clock.stop()
     if progress is not None:
         progress.close()
-    names = sorted(protocol.stats())
-    values = comm.reduce_stats([protocol.stats()[n] for n in names], op="max") if names else []
+    stats = protocol.stats()
+    names = sorted(stats)
+    values = comm.reduce_stats([stats[n] for n in names], op="max") if names else []
     summary = {
         "status": status,
         "protocol": cfg.protocol_name,
