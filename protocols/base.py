@@ -93,6 +93,15 @@ class Protocol(ABC):
         """
         raise NotImplementedError(f"{cls.name} does not state its bytes per round")
 
+    #: Sequential point-to-point messages per round besides the all-reduces (cost model).
+    point_to_point_hops: int = 0
+
+    @classmethod
+    def paper_bytes_point_to_point(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        """The part of ``paper_bytes_per_round`` sent point-to-point rather than
+        all-reduced (the cost model charges the two differently); 0 unless stated."""
+        return 0
+
     @property
     def local_steps(self) -> int:
         """ℓ: optimizer steps per round."""

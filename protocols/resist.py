@@ -19,6 +19,11 @@ from suite.dist import Comm
 PAPER_MIN_DEPTH = {2: 11, 4: 6, 8: 4}
 
 
+def sub_depth(num_blocks: int, workers: int, min_depth: int = 0) -> int:
+    """Blocks in each worker's sub-ResNet: max(⌊P/S⌋, m)."""
+    return max(num_blocks // workers, min_depth)
+
+
 def deal(num_blocks: int, workers: int, min_depth: int, gen: torch.Generator) -> list[list[int]]:
     """One round's partition: the partitionable blocks each worker holds (sorted).
 
@@ -28,7 +33,7 @@ def deal(num_blocks: int, workers: int, min_depth: int, gen: torch.Generator) ->
     Without a minimum depth this is one permutation, so the chunks are disjoint (and
     P mod S blocks sit the round out); with one, a block may go to several workers.
     """
-    per = max(num_blocks // workers, min_depth)
+    per = sub_depth(num_blocks, workers, min_depth)
     if not 1 <= per <= num_blocks:
         raise ValueError(f"cannot deal {num_blocks} blocks to {workers} workers (depth {per})")
     slots: list[int] = []
@@ -70,6 +75,8 @@ class ResIST(Protocol):
     2·S·|θ_shared|·4 + 2·(block copies dealt)·|block|·4 bytes.
     S = 1 with every block active and ``optimizer_state=keep`` is plain training.
     """
+
+    point_to_point_hops = 2  # blocks to their averaging holder, then on to the next ones
 
     name = "resist"
 
@@ -113,8 +120,17 @@ class ResIST(Protocol):
         blocks = model.partitionable_blocks()  # type: ignore[operator]
         block = nbytes(float_state(blocks[0]))
         shared = nbytes(float_state(model)) - len(blocks) * block
-        dealt = workers * max(len(blocks) // workers, cfg.min_depth)  # block copies dealt
-        return 2 * workers * shared + 2 * dealt * block
+        return 2 * workers * shared + cls.paper_bytes_point_to_point(cfg, model, workers)
+
+    @classmethod
+    def paper_bytes_point_to_point(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+        """The blocks: every copy dealt goes to its holder and comes back (the shared
+        layers are all-reduced)."""
+        if workers == 1:
+            return 0
+        blocks = model.partitionable_blocks()  # type: ignore[operator]
+        dealt = workers * sub_depth(len(blocks), workers, cfg.min_depth)  # copies dealt
+        return 2 * dealt * nbytes(float_state(blocks[0]))
 
     def setup(
         self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo

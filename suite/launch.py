@@ -237,10 +237,12 @@ def _prepare(cfg: RunConfig, run: RunDir, resume: bool = False) -> None:
     run.prepare()
     run.write_config(cfg.to_dict())
     device = str(pick_device(cfg.launcher.device, 0).type)
-    run.write_env(environment(cfg.workers, device, _threads(cfg)))
+    run.write_env(environment(cfg.workers, device, threads_per_worker(cfg)))
 
 
-def _threads(cfg: RunConfig) -> int:
+def threads_per_worker(cfg: RunConfig) -> int:
+    """Intra-op threads of each worker: the setting, else what the scheduler gave each
+    task, else the cores shared out."""
     if cfg.launcher.threads > 0:
         return cfg.launcher.threads
     if _scheduler_tasks() > 1 and os.environ.get("SLURM_CPUS_PER_TASK"):
@@ -261,7 +263,7 @@ def worker(
     run = RunDir(run_path)
     try:
         netem.enter(netns)
-        torch.set_num_threads(_threads(cfg))
+        torch.set_num_threads(threads_per_worker(cfg))
         local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
         device = pick_device(cfg.launcher.device, local_rank)
         if device.type == "cuda":

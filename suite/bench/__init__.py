@@ -15,6 +15,17 @@ import torch
 from suite.record import cpu_model
 
 
+def round_floats(value: Any) -> Any:
+    """``value`` with every float rounded to 4 significant digits (compact records)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: round_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [round_floats(v) for v in value]
+    return value
+
+
 def write_record(
     name: str,
     model: str,

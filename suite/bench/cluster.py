@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from suite import netem
-from suite.bench import rounds, write_record
+from suite.bench import round_floats, rounds, write_record
 from suite.config import ConfigError
 from suite.dist import Comm, run_ranks
 
@@ -107,16 +107,6 @@ def flat_rows(row: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.4g}")
-    if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_round(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
@@ -171,12 +161,12 @@ def main(argv: list[str] | None = None) -> None:
         "cluster",
         "preact_resnet101 width 0.125, digits 8x8, batch 32 per worker, "
         f"ℓ={args.local_steps}, {args.data_epochs} data-epochs",
-        _round(rows),
+        round_floats(rows),
         out,
         argv,
         load_before=load,
-        probes=_round(probes),
-        ratios=_round(ratios),
+        probes=round_floats(probes),
+        ratios=round_floats(ratios),
         target_acc=args.target,
         wall_s=round(time.perf_counter() - started, 1),
     )

@@ -36,10 +36,9 @@ import torch
 from torch import nn
 
 import protocols
-from protocols.base import float_state, nbytes
-from protocols.resist import PAPER_MIN_DEPTH
-from suite.bench import write_record
-from suite.models.flops import count_macs
+from protocols.resist import PAPER_MIN_DEPTH, sub_depth
+from suite.bench import round_floats, write_record
+from suite.models.flops import count_macs, sub_resnet_macs
 from suite.models.resnet import preact_resnet
 
 #: Assumed sustained fp32 FLOP rate of one V100 on this workload. An assumption, not a
@@ -81,10 +80,9 @@ def predict(
 
 
 def hops(protocol: str, workers: int) -> int:
-    """Sequential messages per round: one ring all-reduce (2(S-1) hops) for ddp (per step)
-    and localsgd; ResIST adds its reduce and hand-out point-to-point exchanges."""
-    ring = 2 * (workers - 1)
-    return ring + 2 if protocol == "resist" else ring
+    """Sequential messages per round: one ring all-reduce (2(S-1) hops), plus the
+    protocol's point-to-point exchanges (ResIST: reduce, then hand out)."""
+    return 2 * (workers - 1) + protocols.get(protocol).point_to_point_hops
 
 
 def error_pct(predicted: float, measured: float) -> float:
@@ -153,30 +151,14 @@ def check_compute_ratio(record: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _sub_macs(model: nn.Module, keep: int, x: torch.Tensor) -> int:
-    blocks = model.partitionable_blocks()  # type: ignore[operator]
-    for i, b in enumerate(blocks):
-        b.active = i < keep
-    try:
-        return int(count_macs(model, x))
-    finally:
-        for b in blocks:
-            b.active = True
-
-
 def paper_bytes_per_rank(name: str, cfg: Any, model: nn.Module, workers: int) -> float:
     """Bytes each rank sends per round, from the protocol's own ``paper_bytes_per_round``:
     its per-rank share (÷ 2S), with the all-reduced part carried by a ring (× 2(S-1)/S)."""
-    total = protocols.get(name).paper_bytes_per_round(cfg, model, workers)
+    protocol = protocols.get(name)
+    total = protocol.paper_bytes_per_round(cfg, model, workers)
+    p2p = protocol.paper_bytes_point_to_point(cfg, model, workers)
     ring = 2 * (workers - 1) / workers
-    if name != "resist":
-        return total / (2 * workers) * ring
-    blocks = model.partitionable_blocks()  # type: ignore[operator]
-    block = nbytes(float_state(blocks[0]))
-    shared = nbytes(float_state(model)) - len(blocks) * block
-    dealt = max(len(blocks) // workers, cfg.min_depth)
-    assert 2 * workers * shared + 2 * workers * dealt * block == total  # the same accounting
-    return shared * ring + dealt * block
+    return (total - p2p) / (2 * workers) * ring + p2p / (2 * workers)
 
 
 def project(
@@ -196,13 +178,13 @@ def project(
     for s in workers:
         steps = math.ceil(setting["data_epochs"] * setting["num_train"] / (setting["batch"] * s))
         ell = setting["local_steps"]
-        depth = max(num_blocks // s, min_depth.get(s, 0))
+        depth = sub_depth(num_blocks, s, min_depth.get(s, 0))
         configs: dict[str, tuple[dict[str, Any], float, int]] = {
             "ddp": ({"name": "ddp"}, full, 1),
             "localsgd": ({"name": "localsgd", "local_steps": ell}, full, ell),
             "resist": (
                 {"name": "resist", "local_steps": ell, "min_depth": min_depth.get(s, 0)},
-                _sub_macs(model, depth, x) / 2,
+                sub_resnet_macs(model, x, depth) / 2,
                 ell,
             ),
         }
@@ -317,22 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     path = write_record(
         "costmodel",
         "cost model: compute + bytes ÷ bandwidth + latency × hops",
-        _rounded(checks),
+        round_floats(checks),
         out,
         argv,
         measurements=[str(p) for p in found],
-        compute_ratio_check=_rounded(ratios),
-        projection=_rounded(projection),
+        compute_ratio_check=round_floats(ratios),
+        projection=round_floats(projection),
         assumptions=assumptions,
     )
     print_tables(checks, ratios, projection, assumptions)
     print(f"recorded in {path}")
-
-
-def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()} for r in rows
-    ]
 
 
 def print_tables(

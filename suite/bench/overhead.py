@@ -44,7 +44,7 @@ from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
 from suite.dist import Comm, flatten, run_ranks, unflatten_into
-from suite.launch import execute
+from suite.launch import execute, threads_per_worker
 from suite.train import build, make_optimizer_factory, problem_info
 
 
@@ -160,7 +160,7 @@ def measure(protocols_: list[str], workers: int, steps: int, repeats: int) -> li
     names = protocols_ if workers > 1 else ["single"]
     bare: dict[str, list[float]] = {n: [] for n in names}
     suite: dict[str, list[float]] = {n: [] for n in names}
-    threads = max(1, (os.cpu_count() or 1) // workers)  # the launcher's default
+    threads = threads_per_worker(_config(names[0], workers, steps, ""))  # as the launcher
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for name in names:

@@ -14,11 +14,9 @@ sanity check that the variant computes the same thing, not an accuracy study).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +34,6 @@ VARIANTS = {  # name: (bf16 autocast, channels_last)
     "channels_last": (False, True),
     "bf16 + channels_last": (True, True),
 }
-
-
-@contextlib.contextmanager
-def _autocast(on: bool) -> Iterator[None]:
-    if on:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
 
 
 def time_variant(name: str, steps: int, warmup: int = 3) -> tuple[float, float]:
@@ -66,7 +55,7 @@ def time_variant(name: str, steps: int, warmup: int = 3) -> tuple[float, float]:
             start = time.perf_counter()
         x, y = next(batches)
         x = x.contiguous(memory_format=fmt)
-        with _autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 import protocols
+from protocols.resist import sub_depth
 from suite.bench import write_record
 from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
 from suite.launch import execute
-from suite.models.flops import count_macs
+from suite.models.flops import count_macs, sub_resnet_macs
 from suite.record import RunDir
 from suite.train import build
 
@@ -43,12 +44,9 @@ def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:
     ds = load_dataset(cfg.data)
     model = build(cfg, ds, torch.device("cpu"))
     x = torch.randn(2, ds.in_channels, ds.image_size, ds.image_size)  # BN needs 2 samples
-    full = count_macs(model, x)
-    blocks = model.partitionable_blocks()  # type: ignore[operator]
-    keep = max(len(blocks) // workers, min_depth)
-    for b in blocks[keep:]:
-        b.active = False
-    return count_macs(model, x) / full
+    num_blocks = len(model.partitionable_blocks())  # type: ignore[operator]
+    depth = sub_depth(num_blocks, workers, min_depth)
+    return sub_resnet_macs(model, x, depth) / count_macs(model, x)
 
 
 def _config(
@@ -70,7 +68,7 @@ def _config(
         model=model,
         train=TrainConfig(
             data_epochs=args.data_epochs,
-            eval_every=getattr(args, "eval_every", 1e9),
+            eval_every=args.eval_every,
             checkpoint=False,  # off the clock anyway; saves the writes
         ),
         launcher=LaunchConfig(device="cpu", progress=False, link=link),
@@ -113,7 +111,7 @@ def _median(values: list[Any]) -> Any:
 def measure(workers: int, args: argparse.Namespace, link: str | None = None) -> dict[str, Any]:
     """Median per-round figures of each protocol, runs alternating across protocols."""
     per_round: dict[str, dict[str, list[Any]]] = {}
-    target = getattr(args, "target", 0.9)
+    target = args.target
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for name in args.protocols:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from suite.bench import write_record
+from suite.cluster import OUTCOME
+from suite.record import RunDir
 
 
 def _sacct_times(job: str) -> tuple[float, float]:
@@ -54,9 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         jobs = re.findall(r"^\[submitted\] #(\d+) .* -> job (\S+)$", out, re.M)
         rows: list[dict[str, Any]] = []
         for num, job in jobs:
-            (outcome,) = Path(tmp, "results", "_hydra").glob(f"*/{num}/outcome.json")
-            run_dir = Path(json.loads(outcome.read_text())["run_dir"])
-            summary = json.loads((run_dir / "summary.json").read_text())
+            (outcome,) = Path(tmp, "results", "_hydra").glob(f"*/{num}/{OUTCOME}")
+            summary = RunDir(json.loads(outcome.read_text())["run_dir"]).read_summary() or {}
             submit, start = _sacct_times(job)
             rows.append(
                 {

@@ -34,3 +34,16 @@ def count_macs(model: nn.Module, x: torch.Tensor, per_module: bool = False) -> A
         for h in handles:
             h.remove()
     return counts if per_module else sum(counts.values())
+
+
+def sub_resnet_macs(model: nn.Module, x: torch.Tensor, depth: int) -> int:
+    """MACs of one forward pass with only the first ``depth`` partitionable blocks active
+    (a ResIST sub-ResNet's cost; which blocks does not matter, they are alike)."""
+    blocks = model.partitionable_blocks()  # type: ignore[operator]
+    try:
+        for i, b in enumerate(blocks):
+            b.active = i < depth
+        return int(count_macs(model, x))
+    finally:
+        for b in blocks:
+            b.active = True
