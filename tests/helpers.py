@@ -6,10 +6,11 @@ import dataclasses
 from typing import Any
 
 import protocols
+from protocols.base import ProblemInfo
 from suite.config import DataConfig, LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.dist import run_ranks
 
-__all__ = ["run_ranks", "shipped_protocols", "tiny_config"]
+__all__ = ["problem", "run_ranks", "set_up", "shipped_protocols", "tiny_config"]
 
 
 def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> RunConfig:
@@ -28,6 +29,20 @@ def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> Ru
             value = dataclasses.replace(getattr(cfg, key), **value)
         cfg = dataclasses.replace(cfg, **{key: value})
     return cfg
+
+
+def problem(
+    model: Any, batch_size: int = 16, num_train: int = 1437, image_size: int = 32, seed: int = 0
+) -> ProblemInfo:
+    """What a protocol is told about a digits-like problem (defaults: digits, batch 16)."""
+    return ProblemInfo(model, "digits", num_train, batch_size, "disjoint", seed, image_size)
+
+
+def set_up(proto: Any, model: Any, comm: Any, info: ProblemInfo | None = None) -> None:
+    """``proto.setup`` with the tiny config's optimizer (and ``problem(model)`` by default)."""
+    from suite.train import make_optimizer_factory
+
+    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), info or problem(model))
 
 
 def shipped_protocols() -> list[str]:

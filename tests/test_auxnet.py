@@ -2,17 +2,16 @@
 
 import pytest
 import torch
-from helpers import run_ranks, tiny_config, train_rank
+from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 
 import protocols
 from protocols.auxnet import AuxNet, balanced_cuts
-from protocols.base import ProblemInfo
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
 from suite.launch import execute
 from suite.models.resnet import preact_resnet
-from suite.train import make_optimizer_factory, train
+from suite.train import train
 
 CPU = torch.device("cpu")
 
@@ -30,14 +29,14 @@ def test_balanced_cuts_cover_every_unit_once(parts):
 
 
 def _info(model):
-    return ProblemInfo(model, "digits", 1437, 16, "disjoint", 0, 8)
+    return problem(model, image_size=8)
 
 
 def _setup(rank, comm, **cfg):
     torch.manual_seed(0)
     model = preact_resnet(34, 10, in_channels=1, width=1 / 16)
     proto = protocols.build(protocols.parse_config({"name": "auxnet", **cfg}))
-    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))
+    set_up(proto, model, comm, _info(model))
     return model, proto
 
 

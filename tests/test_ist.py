@@ -5,10 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import run_ranks, tiny_config, train_rank
+from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 
 import protocols
-from protocols.base import ProblemInfo
 from protocols.ist import IST, partition_neurons
 from suite.config import DataConfig, ModelConfig
 from suite.data import load_dataset
@@ -17,7 +16,7 @@ from suite.data.loader import seeded_generator
 from suite.dist import Comm
 from suite.launch import execute
 from suite.models.mlp import MLP
-from suite.train import make_optimizer_factory, train
+from suite.train import train
 
 CPU = torch.device("cpu")
 
@@ -52,8 +51,7 @@ def _extract_and_write_back(rank, comm, sync):
     torch.manual_seed(0)
     model = MLP(5, 8, 3, 4, "plain")  # biases and running stats too
     proto = protocols.build(protocols.parse_config({"name": "ist", "sync": sync}))
-    info = ProblemInfo(model, "digits", 100, 4, "disjoint", 0)
-    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), info)
+    set_up(proto, model, comm, problem(model, batch_size=4, num_train=100))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     work = proto.begin_round(0)
     g = proto.groups
@@ -147,7 +145,7 @@ def test_supports_refuses():
     cfg = IST.Config()
 
     def info(m):
-        return ProblemInfo(m, "digits", 100, 4, "disjoint", 0)
+        return problem(m, batch_size=4, num_train=100)
 
     assert "use model=mlp" in IST.supports(cfg, info(preact_resnet(18, 10, width=1 / 16)), 2)
     assert "does not split into 3 equal groups" in IST.supports(cfg, info(MLP(4, 64, 2, 3)), 3)

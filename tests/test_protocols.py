@@ -4,23 +4,22 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import shipped_protocols, tiny_config
+from helpers import problem, set_up, shipped_protocols, tiny_config
 
 import protocols
-from protocols.base import ProblemInfo
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
 from suite.models import build_model
 from suite.models.resnet import preact_resnet
-from suite.train import make_optimizer_factory, train
+from suite.train import train
 
 CPU = torch.device("cpu")
 NAMES = shipped_protocols()
 
 
 def _info(model, batch=16):
-    return ProblemInfo(model, "digits", 1437, batch, "disjoint")
+    return problem(model, batch_size=batch)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -58,7 +57,7 @@ def test_one_round_and_state_round_trip(name):
     torch.manual_seed(0)
     _, model = _model_config_for(name)
     proto = protocols.build(cfg)
-    proto.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim), _info(model))
+    set_up(proto, model, Comm(0, 1, CPU))
     batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
     before = [p.detach().clone() for p in proto.eval_model().parameters()]
     work = proto.begin_round(0)
@@ -74,7 +73,7 @@ def test_one_round_and_state_round_trip(name):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     state = proto.state_dict()
     fresh = protocols.build(cfg)
-    fresh.setup(model, Comm(0, 1, CPU), make_optimizer_factory(tiny_config().optim), _info(model))
+    set_up(fresh, model, Comm(0, 1, CPU))
     fresh.load_state_dict(state)
     assert str(fresh.state_dict()) == str(state)
 

@@ -4,16 +4,14 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import run_ranks, tiny_config, train_rank
+from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 
 import protocols
-from protocols.base import ProblemInfo
 from protocols.resist import ResIST, deal, owners
 from suite.config import LaunchConfig, RunConfig
 from suite.data.loader import seeded_generator
 from suite.launch import execute
 from suite.models.resnet import PreActResNet, preact_resnet
-from suite.train import make_optimizer_factory
 
 CPU = torch.device("cpu")
 
@@ -46,7 +44,7 @@ def test_owners_inverts_the_partition():
 
 
 def _info(model, seed=0):
-    return ProblemInfo(model, "digits", 1437, 16, "disjoint", seed)
+    return problem(model, seed=seed)
 
 
 def _model():
@@ -57,7 +55,7 @@ def _model():
 def _aggregate_by_hand(rank, comm, min_depth):
     model = _model()
     proto = protocols.build(protocols.parse_config({"name": "resist", "min_depth": min_depth}))
-    proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))
+    set_up(proto, model, comm)
     proto.begin_round(0)
     for t in [p.data for p in model.parameters()]:
         t.fill_(rank + 1.0)  # hand-made values: everything this rank holds is rank + 1
@@ -109,7 +107,7 @@ def test_test_time_scaling():
         model = _model()
         proto = ResIST(ResIST.Config(min_depth=min_depth))
         comm = type("C", (), {"world_size": workers, "rank": 0})()
-        proto.setup(model, comm, make_optimizer_factory(tiny_config().optim), _info(model))  # type: ignore[arg-type]
+        set_up(proto, model, comm)  # type: ignore[arg-type]
         proto.begin_round(0)
         assert all(b.residual_scale == 1.0 for b in proto.blocks)  # 1.0 while training
         evaluated = proto.eval_model()
