@@ -36,6 +36,8 @@ class LocalSGD(Protocol):
     def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
         if workers == 1:
             return 0
+        # optimizer_state=average also averages SGD's momentum buffers (one per trained
+        # parameter); with optim.momentum=0 there are none, and a run records less.
         momentum = [p for p in model.parameters() if p.requires_grad]
         extra = nbytes(momentum) if cfg.optimizer_state == "average" else 0
         return 2 * workers * (nbytes(float_state(model)) + extra)
