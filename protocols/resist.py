@@ -20,29 +20,60 @@ PAPER_MIN_DEPTH = {2: 11, 4: 6, 8: 4}
 
 
 def sub_depth(num_blocks: int, workers: int, min_depth: int = 0) -> int:
-    """Blocks in each worker's sub-ResNet: max(⌊P/S⌋, m)."""
+    """Blocks in each worker's sub-ResNet before the leftovers: d = max(⌊P/S⌋, m)."""
     return max(num_blocks // workers, min_depth)
+
+
+def share_sizes(num_blocks: int, workers: int, min_depth: int = 0) -> list[int]:
+    """Blocks each worker holds in a round, as the released sampler deals them: d each,
+    and when S·d < P the P − S·d blocks left over one each to the first workers
+    (P = 22, S = 4: [6, 6, 5, 5]; S = 8: [3, 3, 3, 3, 3, 3, 2, 2])."""
+    per = sub_depth(num_blocks, workers, min_depth)
+    left = max(0, num_blocks - workers * per)
+    return [per + (k < left) for k in range(workers)]
+
+
+def copies_dealt(num_blocks: int, workers: int, min_depth: int = 0) -> int:
+    """Block copies dealt per round, Σ_k |share_k| = max(P, S·m)."""
+    return sum(share_sizes(num_blocks, workers, min_depth))
+
+
+def test_time_scale(num_blocks: int, workers: int, min_depth: int = 0) -> float:
+    """The residual-branch scale of the partitioned blocks at test time: the share of the
+    P blocks an average sub-ResNet held, copies dealt / (S·P).
+
+    Like dropout's keep probability, it is the chance that a given block was active in a
+    given worker's sub-network. Shares are unequal when S does not divide P ([6, 6, 5, 5]
+    of 22), and a per-worker rule would have to pick one worker; the average over workers
+    is the expectation over a random worker, and it equals the released code's
+    max(1/S, m/P) in every case: without a minimum depth all P blocks are dealt once
+    (P / (S·P) = 1/S), with one that forces sharing S·m copies are dealt (m/P ≥ 1/S).
+    """
+    return copies_dealt(num_blocks, workers, min_depth) / (workers * num_blocks)
 
 
 def deal(num_blocks: int, workers: int, min_depth: int, gen: torch.Generator) -> list[list[int]]:
     """One round's partition: the partitionable blocks each worker holds (sorted).
 
-    Each worker gets d = max(⌊P/S⌋, m) blocks. Enough fresh permutations of the P blocks
-    are concatenated to fill S·d slots and dealt in contiguous chunks; duplicates inside
-    a chunk are dropped and the chunk is padded with random other blocks back to d.
-    Without a minimum depth this is one permutation, so the chunks are disjoint (and
-    P mod S blocks sit the round out); with one, a block may go to several workers.
+    The released sampler (``dunchen/ResIST_release``): worker k gets ``share_sizes[k]``
+    slots; enough fresh permutations of the P blocks are concatenated to fill all slots
+    and dealt in contiguous chunks, so every block is dealt at least once; duplicates
+    inside a chunk (where two permutations meet) are dropped and the chunk is padded
+    with random other blocks back to its size. Without a minimum depth this is one
+    permutation: the chunks are disjoint and cover all P blocks. With one, a block may
+    go to several workers.
     """
-    per = sub_depth(num_blocks, workers, min_depth)
-    if not 1 <= per <= num_blocks:
-        raise ValueError(f"cannot deal {num_blocks} blocks to {workers} workers (depth {per})")
+    sizes = share_sizes(num_blocks, workers, min_depth)
+    if min(sizes) < 1 or max(sizes) > num_blocks:
+        raise ValueError(f"cannot deal {num_blocks} blocks to {workers} workers ({sizes})")
     slots: list[int] = []
-    while len(slots) < workers * per:
+    while len(slots) < sum(sizes):
         slots += torch.randperm(num_blocks, generator=gen).tolist()
-    chunks = []
-    for k in range(workers):
-        chunk = list(dict.fromkeys(slots[k * per : (k + 1) * per]))
-        while len(chunk) < per:
+    chunks, start = [], 0
+    for size in sizes:
+        chunk = list(dict.fromkeys(slots[start : start + size]))
+        start += size
+        while len(chunk) < size:
             candidate = int(torch.randint(num_blocks, (1,), generator=gen))
             if candidate not in chunk:
                 chunk.append(candidate)
@@ -63,14 +94,18 @@ class ResIST(Protocol):
     """ResIST (Dun, Wolfe, Jermaine, Kyrillidis; UAI 2022, arXiv 2107.00961).
 
     Each round the non-first blocks of stage 3 (P of them) are dealt at random to the S
-    workers (``deal``; same partition on every rank from the shared seed, so it costs no
-    communication). A worker trains its sub-ResNet, every shared layer plus its blocks,
-    for ℓ local steps; blocks it does not hold are skipped (identity, no compute). Then,
+    workers as the released sampler does (``deal``): max(⌊P/S⌋, m) each, the blocks left
+    over one more to each of the first workers, so every block is trained every round;
+    the same partition on every rank from the shared seed, so it costs no communication.
+    A worker trains its sub-ResNet, every shared layer plus its blocks, for ℓ local
+    steps; blocks it does not hold are skipped (identity, no compute). Then,
     with no parameter server, shared tensors are averaged with one all-reduce and each
     block is averaged among its owners at one reducer and handed by point-to-point
     transfers (one flat buffer per pair of ranks) to its next owners only.
     The full model is evaluated with each partitioned block's residual branch scaled by
-    1/S, or max(1/S, m/P) with a minimum depth m (the released code's rule).
+    the share of the blocks an average sub-ResNet held, copies dealt / (S·P): 1/S, or
+    m/P when a minimum depth m makes workers share blocks (``test_time_scale``; equal to
+    the released code's max(1/S, m/P) also when the shares are unequal).
     Per round, summed over workers (paper convention, fp32):
     2·S·|θ_shared|·4 + 2·(block copies dealt)·|block|·4 bytes.
     S = 1 with every block active and ``optimizer_state=keep`` is plain training.
@@ -84,7 +119,7 @@ class ResIST(Protocol):
     class Config:
         name: str = "resist"
         local_steps: int = 10  # the paper used 50 (experiment=resist_cifar)
-        min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋, disjoint)
+        min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋ or one more, disjoint)
         optimizer_state: Literal["reset", "keep"] = (
             "reset"  # reset: a new optimizer per round (code)
         )
@@ -129,7 +164,7 @@ class ResIST(Protocol):
         if workers == 1:
             return 0
         blocks = model.partitionable_blocks()  # type: ignore[operator]
-        dealt = workers * sub_depth(len(blocks), workers, cfg.min_depth)  # copies dealt
+        dealt = copies_dealt(len(blocks), workers, cfg.min_depth)
         return 2 * dealt * nbytes(float_state(blocks[0]))
 
     def setup(
@@ -146,9 +181,7 @@ class ResIST(Protocol):
         self.holders = [set(range(self.size)) for _ in self.blocks]
         steps_per_round = info.batch_size * self.size * self.local_steps
         self.warmup_rounds = math.ceil(self.cfg.warmup_epochs * info.num_train / steps_per_round)
-        self.scale = 1 / self.size
-        if self.cfg.min_depth:
-            self.scale = max(1 / self.size, self.cfg.min_depth / len(self.blocks))
+        self.scale = test_time_scale(len(self.blocks), self.size, self.cfg.min_depth)
         self.block_of = {id(p): i for i, b in enumerate(self.blocks) for p in b.parameters()}
         self.round = 0
         self._rounds: dict[int, list[list[int]]] = {}

@@ -16,24 +16,62 @@ from suite.models.resnet import PreActResNet, preact_resnet
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(
-    ("blocks", "workers", "min_depth"),
-    [(22, 2, 0), (22, 4, 0), (22, 8, 0), (22, 2, 11), (22, 4, 6), (22, 8, 4), (5, 8, 2), (5, 1, 0)],
-)
-def test_partition_properties(blocks, workers, min_depth):
-    depth = max(blocks // workers, min_depth)
+def reference_sizes(blocks, workers, min_depth):
+    """The released sampler's shares (dunchen/ResIST_release), written out here: d =
+    max(⌊P/S⌋, m) each, then the P − S·d blocks left over one each to the first workers."""
+    d = max(blocks // workers, min_depth)
+    sizes = [d] * workers
+    for k in range(max(0, blocks - workers * d)):
+        sizes[k] += 1
+    return sizes
+
+
+def reference_deal(blocks, workers, min_depth, gen):
+    """The released dealing rule with this suite's RNG draws: concatenated permutations
+    cut into chunks of those sizes, duplicates in a chunk dropped, padded at random."""
+    sizes = reference_sizes(blocks, workers, min_depth)
+    perm = []
+    while len(perm) < sum(sizes):
+        perm.extend(torch.randperm(blocks, generator=gen).tolist())
+    chunks, at = [], 0
+    for size in sizes:
+        chunk = []
+        for b in perm[at : at + size]:
+            if b not in chunk:
+                chunk.append(b)
+        at += size
+        while len(chunk) < size:
+            b = int(torch.randint(blocks, (1,), generator=gen))
+            if b not in chunk:
+                chunk.append(b)
+        chunks.append(sorted(chunk))
+    return chunks
+
+
+def test_reference_sizes_are_the_released_ones():
+    assert reference_sizes(22, 4, 0) == [6, 6, 5, 5]
+    assert reference_sizes(22, 8, 0) == [3, 3, 3, 3, 3, 3, 2, 2]
+    assert reference_sizes(22, 2, 11) == [11, 11]
+    assert reference_sizes(22, 4, 6) == [6, 6, 6, 6]
+    assert reference_sizes(22, 8, 4) == [4] * 8
+
+
+CASES = [(22, s, m) for s in range(2, 9) for m in (0, 3, 6, 11)] + [(5, 8, 2), (5, 1, 0), (5, 3, 0)]
+
+
+@pytest.mark.parametrize(("blocks", "workers", "min_depth"), CASES)
+def test_dealing_follows_the_released_rule(blocks, workers, min_depth):
+    sizes = reference_sizes(blocks, workers, min_depth)
     for r in range(20):
         chunks = deal(blocks, workers, min_depth, seeded_generator(0, r))
-        assert len(chunks) == workers
-        assert all(len(c) == depth == len(set(c)) for c in chunks)  # equal size, no repeats
-        assert all(0 <= b < blocks for c in chunks for b in c)
+        assert chunks == reference_deal(blocks, workers, min_depth, seeded_generator(0, r))
+        assert [len(c) for c in chunks] == sizes  # the released sizes, leftovers first
+        assert all(len(c) == len(set(c)) for c in chunks)  # no block twice in one sub-ResNet
         dealt = [b for c in chunks for b in c]
-        if min_depth == 0:
-            assert len(set(dealt)) == len(dealt)  # disjoint sub-ResNets
-        if workers * depth >= blocks:
-            assert set(dealt) == set(range(blocks))  # every block trained somewhere
-        again = deal(blocks, workers, min_depth, seeded_generator(0, r))
-        assert again == chunks  # the same on every rank from the shared seed
+        assert set(dealt) == set(range(blocks))  # every block is trained every round
+        if sum(sizes) == blocks:
+            assert len(dealt) == blocks  # disjoint sub-ResNets when nothing forces sharing
+        assert chunks == deal(blocks, workers, min_depth, seeded_generator(0, r))  # all ranks
     rounds = {str(deal(blocks, workers, min_depth, seeded_generator(0, r))) for r in range(20)}
     if workers > 1:
         assert len(rounds) > 1  # a new partition each round
@@ -97,13 +135,9 @@ def test_aggregation_math_on_hand_made_tensors(tmp_path, workers, min_depth):
 
 
 def test_test_time_scaling():
-    for workers, min_depth, scale in [
-        (2, 0, 0.5),
-        (4, 0, 0.25),
-        (8, 4, 4 / 5),
-        (4, 3, 3 / 5),
-        (4, 1, 0.25),
-    ]:
+    """The released code's rule, max(1/S, m/P) (P = 5 here), also for unequal shares."""
+    for workers, min_depth in [(2, 0), (3, 0), (4, 0), (8, 4), (4, 3), (4, 1), (2, 3)]:
+        scale = max(1 / workers, min_depth / 5)
         model = _model()
         proto = ResIST(ResIST.Config(min_depth=min_depth))
         comm = type("C", (), {"world_size": workers, "rank": 0})()
@@ -114,6 +148,61 @@ def test_test_time_scaling():
         assert all(b.active and b.residual_scale == pytest.approx(scale) for b in proto.blocks)
         shared = [b for b in evaluated.blocks() if b not in proto.blocks]
         assert all(b.active and b.residual_scale == 1.0 for b in shared)
+
+
+def hand_update(t, rank, r):
+    """What a worker's 'training' does to a tensor it holds in round r (nonlinear in the
+    value, different per rank and round, so any mix-up of blocks or rounds shows)."""
+    return t * (1 + 0.01 * (rank + 1)) + 0.1 * (rank + 1) * (r + 1)
+
+
+def _rounds_by_hand(rank, comm, min_depth, rounds):
+    model = _model()
+    proto = protocols.build(protocols.parse_config({"name": "resist", "min_depth": min_depth}))
+    set_up(proto, model, comm)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    partitions = []
+    for r in range(rounds):
+        proto.begin_round(r)
+        mine = set(proto.partition(r)[rank])
+        partitions.append(proto.partition(r))
+        with torch.no_grad():
+            for p in model.parameters():
+                block = proto.block_of.get(id(p), -1)
+                if block == -1 or block in mine:  # shared, or a block this worker holds
+                    p.copy_(hand_update(p, rank, r))
+        proto.end_round(r, proto.work)
+    proto.gather_for_eval()
+    return {"start": start, "partitions": partitions, "state": model.state_dict()}
+
+
+@pytest.mark.parametrize(("workers", "min_depth"), [(2, 0), (3, 0), (4, 0), (2, 3), (3, 2), (4, 2)])
+def test_aggregation_over_rounds_equals_a_centralised_reference(tmp_path, workers, min_depth):
+    """Five rounds on real gloo ranks (P = 5: unequal shares at S = 2, 3, 4; shared blocks
+    with a minimum depth) against the algorithm run centrally here: every worker updates
+    its sub-ResNet, shared tensors are averaged over all S, each block over its holders."""
+    rounds = 5
+    results = run_ranks(_rounds_by_hand, workers, tmp_path, min_depth, rounds)
+    model = _model()
+    model.load_state_dict(results[0]["start"])
+    names = dict(model.named_parameters())
+    blocks = model.partitionable_blocks()
+    block_of = {
+        f"stages.2.{i + 1}.{n}": i for i, b in enumerate(blocks) for n, _ in b.named_parameters()
+    }
+    state = {n: p.detach().clone() for n, p in names.items()}
+    for r in range(rounds):
+        chunks = reference_deal(5, workers, min_depth, seeded_generator(0, 0x5E157, r))
+        assert all(res["partitions"][r] == chunks for res in results)  # one partition
+        new = {}
+        for n, value in state.items():
+            b = block_of.get(n)
+            holders = range(workers) if b is None else [k for k in range(workers) if b in chunks[k]]
+            new[n] = torch.stack([hand_update(value, k, r) for k in holders]).mean(0)
+        state = new
+    got = results[0]["state"]  # rank 0, after gathering the whole model
+    for n, value in state.items():
+        assert torch.allclose(got[n], value, atol=1e-5), n
 
 
 def test_supports_refuses_impossible_settings():
@@ -135,8 +224,8 @@ def _bytes_formula(cfg, summary, workers, min_depth):
     blocks = model.partitionable_blocks()
     block = sum(p.numel() for p in blocks[0].parameters()) * 4
     shared = sum(p.numel() for p in model.parameters()) * 4 - len(blocks) * block
-    depth = max(len(blocks) // workers, min_depth)
-    return summary["rounds"] * (2 * workers * shared + 2 * workers * depth * block)
+    copies = sum(reference_sizes(len(blocks), workers, min_depth))
+    return summary["rounds"] * (2 * workers * shared + 2 * copies * block)
 
 
 @pytest.mark.parametrize(("workers", "min_depth"), [(2, 0), (4, 3)])

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 import protocols
-from protocols.resist import sub_depth
+from protocols.resist import share_sizes
 from suite.bench import write_record
 from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
@@ -40,12 +40,12 @@ from suite.train import build
 
 
 def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:
-    """MACs of a ResIST sub-ResNet over MACs of the full network (one sample)."""
+    """MACs of the largest ResIST sub-ResNet (the round waits for it) over the full network."""
     ds = load_dataset(cfg.data)
     model = build(cfg, ds, torch.device("cpu"))
     x = torch.randn(2, ds.in_channels, ds.image_size, ds.image_size)  # BN needs 2 samples
     num_blocks = len(model.partitionable_blocks())  # type: ignore[operator]
-    depth = sub_depth(num_blocks, workers, min_depth)
+    depth = max(share_sizes(num_blocks, workers, min_depth))  # the slowest sub-ResNet
     return sub_resnet_macs(model, x, depth) / count_macs(model, x)
 
 
