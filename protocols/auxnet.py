@@ -72,9 +72,12 @@ class AuxNet(Protocol):
     loss. The auxiliary variable takes one gradient step on its own objective, the next
     module's loss plus the penalty to h_{k−1}; the AuxNet is trained to reproduce it.
     With ``coupling=lagrangian`` a multiplier (one per feature, shared over samples)
-    turns the penalty into an augmented Lagrangian. Neighbours exchange h_k and z_k each
-    step: 2·(|h_k| + |z_{k+1}|)·4 bytes per link, summed over links (paper convention =
-    what is sent plus received). Evaluation chains the modules: the serial network.
+    turns the penalty into an augmented Lagrangian on both sides: rank k minimises
+    λ_k·(h_k − z_{k+1}) + ρ/2·‖h_k − z_{k+1}‖² and updates λ_k ← λ_k + ρ·(h_k − z_{k+1})
+    (a mean over samples), and sends λ_k with h_k, so rank k+1's step on z_{k+1} uses
+    the same λ_k (``z_target``). Neighbours exchange h_k (and λ_k) and z_k each step:
+    2·(|h_k| + |z_{k+1}| (+ |λ_k|))·4 bytes per link, summed over links (paper convention
+    = what is sent plus received). Evaluation chains the modules: the serial network.
     K = 1 is plain training.
     """
 
@@ -146,7 +149,11 @@ class AuxNet(Protocol):
                 self.aux = AuxNetwork(x.shape[1], self.in_shape, x.shape[-1], width).to(device)
             params += list(self.aux.parameters())
         self.rho = self.cfg.penalty
+        # λ_k, one per feature of h_k (shared over samples: no per-sample state is kept);
+        # it lives on rank k and travels to rank k+1 with h_k every step.
         self.multiplier: torch.Tensor | None = None
+        if self.cfg.coupling == "lagrangian" and self.out_shape is not None:
+            self.multiplier = torch.zeros(self.out_shape, device=device)
         self.times = {"aux": 0.0, "forward": 0.0, "backward": 0.0}
         self.gap = torch.zeros(())
         self._mark = 0.0
@@ -204,42 +211,61 @@ class AuxNet(Protocol):
         t1 = time.perf_counter()
         z_in = z.detach().requires_grad_(self.aux is not None)
         h = self.module(z_in)
-        # Neighbours: send h_k up and z_k down; receive z_{k+1} and h_{k-1}.
-        batch = x.shape[0]
-        sends, recvs = {}, {}
-        if self.k + 1 < self.size:
-            sends[self.k + 1] = h.detach().contiguous()
-            assert self.out_shape is not None
-            recvs[self.k + 1] = torch.empty(batch, *self.out_shape, device=x.device)
-        if self.k > 0:
-            sends[self.k - 1] = z.detach().contiguous()
-            recvs[self.k - 1] = torch.empty(batch, *self.in_shape, device=x.device)
-        self._p2p(sends, recvs)
-        if self.k + 1 < self.size:
-            gap = h - recvs[self.k + 1]
+        h_prev, lam_prev, z_next = self._exchange(h, z, x.shape[0])
+        if z_next is not None:
+            gap = h - z_next
             self.gap = gap.detach().pow(2).mean()  # a tensor: no host sync per step
-            if self.cfg.coupling == "lagrangian":
-                if self.multiplier is None:
-                    self.multiplier = torch.zeros_like(gap[0])
-                gap = gap + self.multiplier / self.rho
-                self.multiplier = self.multiplier + self.rho * (
-                    h - recvs[self.k + 1]
-                ).detach().mean(0)
-            loss = 0.5 * self.rho * gap.pow(2).mean()
+            if self.multiplier is not None:  # augmented Lagrangian: λ·gap + ρ/2·gap²
+                lam = self.multiplier
+                loss = 0.5 * self.rho * (gap + lam / self.rho).pow(2).mean()
+                self.multiplier = lam + self.rho * gap.detach().mean(0)  # dual ascent
+            else:
+                loss = 0.5 * self.rho * gap.pow(2).mean()
         else:
             loss = F.cross_entropy(h, y)
         t2 = time.perf_counter()
         if self.aux is not None:
+            assert h_prev is not None
             # One gradient step on the auxiliary variable's objective: this module's loss
-            # plus the penalty to the previous module's output; the AuxNet regresses it.
+            # plus the coupling to the previous module's output; the AuxNet regresses it.
             (grad,) = torch.autograd.grad(loss, z_in, retain_graph=True)
-            pull = self.rho * (z_in - recvs[self.k - 1])
-            target = (z_in - self.cfg.aux_lr * (grad * batch + pull / z_in[0].numel())).detach()
+            target = z_target(z_in, grad, h_prev, lam_prev, self.rho, self.cfg.aux_lr)
             loss = loss + F.mse_loss(z, target)
         self.times["aux"] += t1 - t0
         self.times["forward"] += t2 - t1
         self._mark = time.perf_counter()
         return loss
+
+    def _exchange(
+        self, h: torch.Tensor, z: torch.Tensor, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Neighbours swap, in one batch of point-to-point transfers: h_k (with the
+        multiplier λ_k under ``coupling=lagrangian``) up to rank k+1, z_k down to rank
+        k−1. Returns h_{k−1}, λ_{k−1} and z_{k+1} (None where there is no neighbour)."""
+        sends: dict[int, torch.Tensor] = {}
+        recvs: dict[int, torch.Tensor] = {}
+        lagrangian = self.cfg.coupling == "lagrangian"
+        if self.k + 1 < self.size:
+            up = [h.detach()] + ([self.multiplier] if self.multiplier is not None else [])
+            sends[self.k + 1] = flatten(up)
+            assert self.out_shape is not None
+            recvs[self.k + 1] = torch.empty(batch, *self.out_shape, device=h.device)
+        if self.k > 0:
+            sends[self.k - 1] = z.detach().contiguous()
+            numel = batch * math.prod(self.in_shape)
+            extra = math.prod(self.in_shape) if lagrangian else 0
+            recvs[self.k - 1] = torch.empty(numel + extra, device=h.device)
+        self._p2p(sends, recvs)
+        h_prev = lam_prev = z_next = None
+        if self.k > 0:
+            flat = recvs[self.k - 1]
+            numel = batch * math.prod(self.in_shape)
+            h_prev = flat[:numel].view(batch, *self.in_shape)
+            if lagrangian:
+                lam_prev = flat[numel:].view(*self.in_shape)
+        if self.k + 1 < self.size:
+            z_next = recvs[self.k + 1]
+        return h_prev, lam_prev, z_next
 
     def after_backward(self, work: Work) -> None:
         self.times["backward"] += time.perf_counter() - self._mark
@@ -297,6 +323,27 @@ class AuxNet(Protocol):
         if self.aux is not None:
             self.aux.load_state_dict(state["aux"])
         self.times = dict(state["times"])
+
+
+def z_target(
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    h_prev: torch.Tensor,
+    lam_prev: torch.Tensor | None,
+    rho: float,
+    step: float,
+) -> torch.Tensor:
+    """One gradient step on the auxiliary variable z_k's own per-sample objective:
+
+        f_k(z) + mean_f[λ_{k−1}·(h_{k−1} − z)] + ρ/2·mean_f (h_{k−1} − z)²
+
+    whose gradient is ∂f_k/∂z + (ρ·(z − h_{k−1}) − λ_{k−1}) / F, F the features per
+    sample; ``grad`` is ∂(batch-mean loss)/∂z, so ∂f_k/∂z = batch · grad. Without a
+    multiplier (``coupling=penalty``) λ = 0."""
+    pull = rho * (z - h_prev)
+    if lam_prev is not None:
+        pull = pull - lam_prev
+    return (z - step * (grad * z.shape[0] + pull / z[0].numel())).detach()
 
 
 def info_shape(info: ProblemInfo) -> tuple[int, int, int]:

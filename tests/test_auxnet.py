@@ -144,3 +144,77 @@ def test_serial_phase_is_backprop_through_the_chained_modules(tmp_path, workers)
     assert parallel["summary"]["bytes"] > 0
     for key, value in serial.model.state_dict().items():
         assert torch.allclose(parallel["state"][key], value, atol=1e-5), key
+
+
+def test_z_update_is_a_gradient_step_on_the_augmented_lagrangian():
+    """z_target against autograd of the per-sample objective written here:
+    J_b(z_b) = g(z_b) + mean_f[λ·(h_b − z_b)] + ρ/2·mean_f (h_b − z_b)²."""
+    from protocols.auxnet import z_target
+
+    torch.manual_seed(0)
+    batch, shape, rho, step = 5, (3, 4, 4), 2.5, 0.3
+    z = torch.randn(batch, *shape, requires_grad=True)
+    h_prev, lam = torch.randn(batch, *shape), torch.randn(*shape)
+    loss = torch.sin(z).flatten(1).sum(1).mean()  # the module's batch-mean loss
+    (grad,) = torch.autograd.grad(loss, z)
+    zz = z.detach().clone().requires_grad_(True)
+    per_sample = (
+        torch.sin(zz).flatten(1).sum(1)
+        + (lam * (h_prev - zz)).flatten(1).mean(1)
+        + 0.5 * rho * (h_prev - zz).pow(2).flatten(1).mean(1)
+    )
+    (expected_grad,) = torch.autograd.grad(per_sample.sum(), zz)
+    expected = z.detach() - step * expected_grad
+    assert torch.allclose(z_target(z.detach(), grad, h_prev, lam, rho, step), expected, atol=1e-6)
+    # coupling=penalty: no multiplier, the same step with λ = 0
+    no_lam = z.detach() - step * (expected_grad + lam / z[0].numel())
+    assert torch.allclose(z_target(z.detach(), grad, h_prev, None, rho, step), no_lam, atol=1e-6)
+
+
+def _lagrangian_steps(rank, comm, steps):
+    import protocols.auxnet as aux
+
+    _, proto = _setup(rank, comm, coupling="lagrangian", penalty=2.0)
+    seen = []
+    real = aux.z_target
+
+    def spy(z, grad, h_prev, lam_prev, rho, step):
+        seen.append({"lam_prev": lam_prev.clone(), "h_prev": h_prev.clone()})
+        return real(z, grad, h_prev, lam_prev, rho, step)
+
+    aux.z_target = spy
+    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    lams, gaps, first_bytes = [], [], None
+    for r in range(steps):
+        work = proto.begin_round(r)
+        x, y = next(batches)
+        before = None if proto.multiplier is None else proto.multiplier.clone()
+        loss = work.loss(x, y)
+        if first_bytes is None:
+            first_bytes = comm.bytes_paper
+        if before is not None:
+            lams.append((before, proto.multiplier.clone()))
+        work.optimizer.zero_grad()
+        loss.backward()
+        proto.after_backward(work)
+        work.optimizer.step()
+        proto.end_round(r, work)
+        gaps.append(float(proto.gap))
+    shapes = {"in": proto.in_shape, "out": proto.out_shape}
+    return {"lams": lams, "seen": seen, "bytes": first_bytes, "shapes": shapes, "rho": proto.rho}
+
+
+def test_lagrangian_multiplier_is_used_on_both_sides_and_travels(tmp_path):
+    r0, r1 = run_ranks(_lagrangian_steps, 2, tmp_path, 4)
+    assert len(r0["lams"]) == 4 and len(r1["seen"]) == 4
+    assert torch.count_nonzero(r0["lams"][0][0]) == 0  # λ starts at 0
+    for t in range(4):
+        before, after = r0["lams"][t]
+        # rank 1's z-step in step t used exactly the λ rank 0 used in its loss in step t
+        assert torch.equal(r1["seen"][t]["lam_prev"], before), t
+        if t + 1 < 4:
+            assert torch.equal(r0["lams"][t + 1][0], after)  # dual ascent carried over
+    assert any(torch.count_nonzero(a) > 0 for _, a in r0["lams"])  # the multiplier moves
+    # One step's exchange, per rank: h_1 and λ_1 up, z_2 down (fp32), sent plus received.
+    batch, feat = 16, torch.Size(r0["shapes"]["out"]).numel()
+    assert r0["bytes"] == r1["bytes"] == (batch * feat + feat + batch * feat) * 4
