@@ -19,7 +19,11 @@ class DDP(Protocol):
     the replicas never drift. Equivalent to ``torch.nn.parallel.DistributedDataParallel``
     (which the tests check) and, on disjoint shards, to one worker with an N× batch.
     Per step, summed over S workers: 2·S·|θ|·4 bytes (paper convention).
-    BN running statistics stay per worker, as in torch DDP; rank 0 evaluates.
+    BN running statistics (``model.bn=running``) are not communicated: each worker updates
+    its own from its batches and rank 0 evaluates with its own. torch DDP instead
+    broadcasts rank 0's buffers before every forward (``broadcast_buffers=True``); rank 0's
+    statistics then still come from rank 0's batches alone, so the evaluated model is the
+    same, while the other ranks' buffers (never evaluated) differ.
     """
 
     name = "ddp"

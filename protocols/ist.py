@@ -15,19 +15,35 @@ from suite.models.mlp import MLP
 
 
 def partition_neurons(
-    widths: list[int], workers: int, gen: torch.Generator
+    widths: list[int], workers: int, gen: torch.Generator, stratified: bool = False
 ) -> list[list[torch.Tensor]]:
     """``groups[l][k]``: the sorted neurons of hidden layer l given to worker k this round.
 
-    Every hidden layer independently: a random permutation split without replacement into
-    ``workers`` equal groups (disjoint, covering the layer).
+    Every hidden layer independently, split without replacement into ``workers`` equal
+    groups (disjoint, covering the layer):
+
+    - global (the centralised code): one random permutation of the H neurons, cut into S;
+    - ``stratified`` (the decentralised code, where each rank serves a fixed slice of H/S
+      neurons: ``[k·H/S, (k+1)·H/S)``): every slice is permuted and cut into S pieces of
+      H/S², and worker j gets piece j of every slice, so exactly H/S² neurons from each
+      server.
     """
     groups = []
     for width in widths:
         if width % workers:
             raise ValueError(f"hidden width {width} does not split into {workers} equal groups")
-        perm = torch.randperm(width, generator=gen).view(workers, width // workers)
-        groups.append([row.sort().values for row in perm])
+        if not stratified:
+            perm = torch.randperm(width, generator=gen).view(workers, width // workers)
+            groups.append([row.sort().values for row in perm])
+            continue
+        if width % (workers * workers):
+            raise ValueError(f"hidden width {width} does not split into {workers}² equal pieces")
+        served = width // workers
+        pieces = [
+            (k * served + torch.randperm(served, generator=gen)).view(workers, -1)
+            for k in range(workers)
+        ]
+        groups.append([torch.cat([p[j] for p in pieces]).sort().values for j in range(workers)])
     return groups
 
 
@@ -77,6 +93,11 @@ class IST(Protocol):
     ``sync=centralized``: rank 0 holds the model and scatters/gathers subnets (the code's
     parameter server). ``sync=decentralized``: rank k owns a fixed 1/S of every hidden
     layer's neurons and serves their entries, so the model never sits on one rank.
+    ``partition``: ``global`` permutes each layer as a whole (the centralised code);
+    ``stratified`` lets each of the S slices split itself, so each worker gets exactly
+    H/S² neurons of every slice (the decentralised code, where each server splits its
+    own slice); ``auto`` (default) follows the code of the chosen sync mode. Both are
+    uniform over neurons; stratified never gives one worker more of one server's neurons.
     Per round, summed over workers (paper convention): 2·Σ_k |subnet_k|·4 bytes, each
     worker receiving between 1/S² and 1/S of the weights. S = 1 is plain training.
     """
@@ -88,6 +109,7 @@ class IST(Protocol):
         name: str = "ist"
         local_steps: int = 10
         sync: Literal["centralized", "decentralized"] = "centralized"
+        partition: Literal["auto", "global", "stratified"] = "auto"
 
     @classmethod
     def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
@@ -99,7 +121,21 @@ class IST(Protocol):
                 f"protocol=ist: hidden width {bad[0]} does not split into {workers} equal groups; "
                 "use a worker count that divides model.hidden"
             )
+        bad = [w for w in info.model.widths if w % (workers * workers)]
+        if cls.stratified(cfg) and bad:
+            return (
+                f"protocol=ist with stratified partitions: hidden width {bad[0]} does not split "
+                f"into {workers}² equal pieces; use protocol.partition=global, or a width "
+                f"divisible by {workers * workers}"
+            )
         return super().supports(cfg, info, workers)
+
+    @staticmethod
+    def stratified(cfg: Any) -> bool:
+        """Whether neurons are drawn per server slice (see the class docstring)."""
+        if cfg.partition == "auto":
+            return bool(cfg.sync == "decentralized")
+        return bool(cfg.partition == "stratified")
 
     @classmethod
     def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
@@ -138,7 +174,7 @@ class IST(Protocol):
     def partition(self, r: int) -> list[list[torch.Tensor]]:
         """This round's neuron groups (identical on every rank)."""
         gen = seeded_generator(self.seed, 0x157, r)
-        return partition_neurons(self.widths, self.size, gen)
+        return partition_neurons(self.widths, self.size, gen, self.stratified(self.cfg))
 
     def _pieces(self, worker: int, owner: int) -> list[Piece]:
         """The entries of ``worker``'s subnet that ``owner`` owns, tensor by tensor."""

@@ -31,20 +31,132 @@ def mlp_config(protocol="ist", workers=2, **kw):
     )
 
 
-@pytest.mark.parametrize(("widths", "workers"), [([8], 2), ([16, 16], 4), ([12, 24, 6], 3)])
-def test_partition_properties(widths, workers):
+def reference_groups(widths, workers, gen, stratified):
+    """Both released rules written out here (BinhangYuan/IST_Release), with this suite's
+    RNG draws: centralised, one permutation of a layer cut into S; decentralised, server
+    k's slice [k·H/S, (k+1)·H/S) permuted and cut into S pieces, worker j taking piece j
+    of every server."""
+    out = []
+    for width in widths:
+        if not stratified:
+            perm = torch.randperm(width, generator=gen).tolist()
+            size = width // workers
+            out.append([sorted(perm[k * size : (k + 1) * size]) for k in range(workers)])
+            continue
+        served, piece = width // workers, width // workers**2
+        slices = [
+            [k * served + i for i in torch.randperm(served, generator=gen).tolist()]
+            for k in range(workers)
+        ]
+        out.append(
+            [
+                sorted(n for s in slices for n in s[j * piece : (j + 1) * piece])
+                for j in range(workers)
+            ]
+        )
+    return out
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+@pytest.mark.parametrize(("widths", "workers"), [([8], 2), ([16, 16], 4), ([18, 36, 9], 3)])
+def test_partition_properties(widths, workers, stratified):
     for r in range(10):
-        groups = partition_neurons(widths, workers, seeded_generator(0, r))
-        again = partition_neurons(widths, workers, seeded_generator(0, r))
+        groups = partition_neurons(widths, workers, seeded_generator(0, r), stratified)
+        expected = reference_groups(widths, workers, seeded_generator(0, r), stratified)
+        assert [[g.tolist() for g in layer] for layer in groups] == expected
         for layer, width in enumerate(widths):
             g = groups[layer]
             assert all(len(x) == width // workers for x in g)  # equal sizes
             flat = torch.cat(g).tolist()
             assert sorted(flat) == list(range(width))  # disjoint and complete
-            assert all(torch.equal(a, b) for a, b in zip(g, again[layer], strict=True))
-    first = partition_neurons(widths, workers, seeded_generator(0, 0))
-    other = partition_neurons(widths, workers, seeded_generator(0, 1))
+            if stratified:  # exactly H/S² neurons of every server's slice for every worker
+                served = width // workers
+                for x in g:
+                    per_server = torch.bincount(x // served, minlength=workers)
+                    assert per_server.tolist() == [width // workers**2] * workers
+    first = partition_neurons(widths, workers, seeded_generator(0, 0), stratified)
+    other = partition_neurons(widths, workers, seeded_generator(0, 1), stratified)
     assert any(not torch.equal(a, b) for a, b in zip(first[0], other[0], strict=True))
+
+
+def test_global_partitions_do_not_stratify():
+    """The centralised rule draws from the whole layer: some worker gets an unequal number
+    of neurons from the S slices in some round (the difference the option exists for)."""
+    unequal = 0
+    for r in range(20):
+        (g,) = partition_neurons([16], 4, seeded_generator(0, r))
+        unequal += any(torch.bincount(x // 4, minlength=4).tolist() != [1] * 4 for x in g)
+    assert unequal > 0
+
+
+def hand_update(t, rank, r):
+    return t * (1 + 0.01 * (rank + 1)) + 0.1 * (rank + 1) * (r + 1)
+
+
+def _ist_rounds(rank, comm, sync, partition, rounds):
+    from protocols.base import float_state
+
+    torch.manual_seed(0)
+    model = MLP(5, 16, 3, 4, "plain")  # biases and running statistics too
+    cfg = {"name": "ist", "sync": sync, "partition": partition, "local_steps": 1}
+    proto = protocols.build(protocols.parse_config(cfg))
+    set_up(proto, model, comm, problem(model, batch_size=4, num_train=100))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for r in range(rounds):
+        work = proto.begin_round(r)
+        with torch.no_grad():
+            for t in float_state(work.module):
+                t.copy_(hand_update(t, rank, r))
+        proto.end_round(r, work)
+    proto.gather_for_eval()
+    return {"start": start, "state": model.state_dict()}
+
+
+@pytest.mark.parametrize(
+    ("sync", "partition", "workers"),
+    [
+        ("centralized", "auto", 2),
+        ("centralized", "auto", 4),
+        ("decentralized", "auto", 2),
+        ("decentralized", "auto", 4),
+        ("decentralized", "global", 4),
+        ("centralized", "stratified", 4),
+    ],
+)
+def test_aggregation_over_rounds_equals_a_centralised_reference(tmp_path, sync, partition, workers):
+    """Five rounds on real gloo ranks against the algorithm run centrally here: worker k's
+    subnet (its rows, its [group, previous group] blocks, its output columns, its BN
+    entries) is updated and written back; cross-group weights stay; the output bias is
+    averaged over the workers."""
+    rounds = 5
+    results = run_ranks(_ist_rounds, workers, tmp_path, sync, partition, rounds)
+    stratified = partition == "stratified" or (partition == "auto" and sync == "decentralized")
+    full = {k: v.clone() for k, v in results[0]["start"].items()}
+    for r in range(rounds):
+        g = reference_groups([16, 16], workers, seeded_generator(0, 0x157, r), stratified)
+        new = {k: v.clone() for k, v in full.items()}
+        for k in range(workers):
+            rows0, rows1 = torch.tensor(g[0][k]), torch.tensor(g[1][k])
+            for layer, rows in ((0, rows0), (1, rows1)):
+                for name in ("bias", "weight"):
+                    key = f"hidden.{layer}.{name}"
+                    if name == "weight" and layer == 1:  # only its block of a middle layer
+                        block = full[key][rows[:, None], rows0[None, :]]
+                        new[key][rows[:, None], rows0[None, :]] = hand_update(block, k, r)
+                    else:
+                        new[key][rows] = hand_update(full[key][rows], k, r)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    key = f"norms.{layer}.{name}"
+                    new[key][rows] = hand_update(full[key][rows], k, r)
+            new["out.weight"][:, rows1] = hand_update(full["out.weight"][:, rows1], k, r)
+        new["out.bias"] = torch.stack(
+            [hand_update(full["out.bias"], k, r) for k in range(workers)]
+        ).mean(0)
+        full = new
+    got = results[0]["state"]  # rank 0 holds the whole model (after gathering)
+    for key, value in full.items():
+        if value.is_floating_point():
+            assert torch.allclose(got[key], value, atol=1e-5), key
 
 
 def _extract_and_write_back(rank, comm, sync):
@@ -109,8 +221,9 @@ def test_one_worker_is_plain_training():
 
 def test_both_sync_modes_give_identical_results(tmp_path):
     runs = {}
-    for sync in ("centralized", "decentralized"):
-        cfg = mlp_config("ist", 2, protocol_kw={"local_steps": 3, "sync": sync})
+    for sync in ("centralized", "decentralized"):  # the same partition rule for both
+        kw = {"local_steps": 3, "sync": sync, "partition": "stratified"}
+        cfg = mlp_config("ist", 2, protocol_kw=kw)
         runs[sync] = run_ranks(train_rank, 2, tmp_path, cfg)[0]
     a, b = runs["centralized"], runs["decentralized"]
     assert a["summary"]["bytes"] == b["summary"]["bytes"]  # the paper convention: same
@@ -150,6 +263,11 @@ def test_supports_refuses():
     assert "use model=mlp" in IST.supports(cfg, info(preact_resnet(18, 10, width=1 / 16)), 2)
     assert "does not split into 3 equal groups" in IST.supports(cfg, info(MLP(4, 64, 2, 3)), 3)
     assert IST.supports(cfg, info(MLP(4, 64, 2, 3)), 4) is None
+    decentral = IST.Config(sync="decentralized")  # stratified: H/S² neurons per server
+    narrow = info(MLP(4, 8, 2, 3))
+    assert "does not split into 4² equal pieces" in IST.supports(decentral, narrow, 4)
+    anyhow = IST.Config(sync="decentralized", partition="global")
+    assert IST.supports(anyhow, narrow, 4) is None
 
 
 def _write_idx(path, array):
