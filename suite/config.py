@@ -7,6 +7,7 @@ in the registry by ``protocol.name``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -127,27 +128,8 @@ class RunConfig:
         return d
 
     def semantic_dict(self) -> dict[str, Any]:
-        """Everything that can change a result; where results go and how we launch do not."""
-        d = self.to_dict()
-        for key in ("results_dir", "force", "launcher"):
-            d.pop(key)
-        d["train"].pop("checkpoint")  # saving state changes no result
-        for key, default in (("precision", "fp32"), ("channels_last", False)):
-            if d["train"][key] == default:  # absent when off: older run names stay valid
-                d["train"].pop(key)
-        d["device"] = self.launcher.device
-        if self.launcher.link is not None:  # an emulated link changes every timing
-            d["link"] = self.launcher.link
-        # Only the fields of the chosen model family: a ResNet run's identity must not
-        # change when an MLP default does (and vice versa).
-        unused = (
-            ("depth", "width", "bn")
-            if self.model.name == "mlp"
-            else ("hidden", "layers", "variant")
-        )
-        for key in unused:
-            d["model"].pop(key)
-        return d
+        """Everything that can change a result (see :func:`semantic_config`)."""
+        return semantic_config(self.to_dict())
 
     def run_name(self) -> str:
         """Folder name: readable prefix plus a hash of the semantic config."""
@@ -158,6 +140,62 @@ class RunConfig:
             f"{self.data.name}-{self.model.tag}-{self.protocol_name}"
             f"-w{self.workers}-s{self.seed}-{digest}"
         )
+
+
+#: Data-set fields that only ``data.name=synthetic`` reads.
+SYNTHETIC_ONLY = ("num_train", "num_test", "image_size", "channels", "num_classes")
+#: Model fields of each family; a run's identity holds only its own family's fields.
+MODEL_FAMILY_FIELDS = {
+    "preact_resnet": ("depth", "width", "bn"),
+    "mlp": ("hidden", "layers", "variant"),
+}
+
+
+def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a run's config (``RunConfig.to_dict()``, or a run folder's
+    ``config.yaml``) that can change its result: the run folder's hash and the report's
+    grouping both use this, so two runs differ in a name exactly when they may differ
+    in a result.
+
+    Dropped: where results go and how processes are started (``results_dir``,
+    ``force``, ``launcher`` except the device and an emulated link, which change
+    timings), whether state is checkpointed, where the data lives (``data.root``,
+    ``data.download``), and fields the chosen model family or data set never reads.
+    """
+    d = copy.deepcopy(config)
+    launcher = d.pop("launcher", None) or {}
+    for key in ("results_dir", "force"):
+        d.pop(key, None)
+    train = d.get("train", {})
+    for key in ("checkpoint", "checkpoint_every"):
+        train.pop(key, None)
+    data = d.get("data", {})
+    for key in ("root", "download"):
+        data.pop(key, None)
+    if data.get("name") != "synthetic":
+        for key in SYNTHETIC_ONLY:
+            data.pop(key, None)
+    model = d.get("model", {})
+    for family, fields in MODEL_FAMILY_FIELDS.items():
+        if model.get("name") != family:
+            for key in fields:
+                model.pop(key, None)
+    d["device"] = launcher.get("device", "auto")
+    if launcher.get("link") is not None:  # an emulated link changes every timing
+        d["link"] = launcher["link"]
+    return d
+
+
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config → ``{"optim.lr": 0.05, ...}`` (lists and tuples become tuples)."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list | tuple) else value
+    return flat
 
 
 T = TypeVar("T")

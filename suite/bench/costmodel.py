@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import protocols
-from protocols.resist import PAPER_MIN_DEPTH, sub_depth
+from protocols.resist import PAPER_MIN_DEPTH, share_sizes
 from suite.bench import round_floats, write_record
 from suite.models.flops import count_macs, sub_resnet_macs
 from suite.models.resnet import preact_resnet
@@ -168,7 +168,7 @@ def project(
     tflops: float,
     link: Link,
     min_depth: dict[int, int],
-    setting: dict[str, int] = PAPER,
+    setting: dict[str, Any] = PAPER,
 ) -> list[dict[str, Any]]:
     """Predicted round and training time of ddp, localsgd and resist in a GPU setting."""
     x = torch.randn(2, 3, image_size, image_size)
@@ -178,7 +178,7 @@ def project(
     for s in workers:
         steps = math.ceil(setting["data_epochs"] * setting["num_train"] / (setting["batch"] * s))
         ell = setting["local_steps"]
-        depth = sub_depth(num_blocks, s, min_depth.get(s, 0))
+        depth = max(share_sizes(num_blocks, s, min_depth.get(s, 0)))  # the slowest worker
         configs: dict[str, tuple[dict[str, Any], float, int]] = {
             "ddp": ({"name": "ddp"}, full, 1),
             "localsgd": ({"name": "localsgd", "local_steps": ell}, full, ell),

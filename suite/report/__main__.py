@@ -63,6 +63,7 @@ def generate(
             "accuracy",
             analysis.accuracy_table(runs),
             "Final test accuracy (%), mean ± std over seeds",
+            "One row per group: runs identical in every semantic config key but the seed. "
             "Completed runs only; failed, diverged and incomplete runs are counted in the "
             "last column.",
         ),
@@ -70,15 +71,19 @@ def generate(
             "train_time",
             analysis.time_table(runs, baseline),
             f"Total training time (s, evaluation excluded) and speedup over {baseline}",
-            "Speedup = baseline mean time / protocol mean time at the same data set, workers and "
-            "model (\u2014: no baseline run on that model); "
-            "the 'all' rows are geometric means over settings.",
+            f"Speedup = mean time of the {baseline} group with the same settings (everything "
+            "but the protocol and its own knobs) / this group's; where no such group exists "
+            "the cell says so. The 'all' rows are geometric means over the rows above.",
         ),
         (
             "time_to_target",
             analysis.time_to_target(runs, metrics, target, baseline),
             f"Training time to {100 * target:g}% test accuracy and speedup over {baseline}",
-            "'reached' counts the seeds that reached the target; the mean is over those.",
+            "As MLCommons AlgoPerf: a run that never reaches the target counts as ∞; the "
+            "median is over every run of the group (failed ones included) and 'reached' is "
+            "the fraction of seeds that got there. '>x×': only this group reached the "
+            "target, x uses the baseline's full training time (a lower bound); '<x×' the "
+            "reverse.",
         ),
         (
             "comm_recorded",
@@ -87,17 +92,21 @@ def generate(
             "paper: every worker's sends plus receives (the papers' convention); moved: what the "
             "collectives put on the wire.",
         ),
-        ("runs", analysis.runs_table(runs), "Every run read, with its status", ""),
+        ("runs", analysis.runs_table(runs), "Every run read, with its group and status", ""),
         (
             "reported_vs_reproduced",
-            compare(runs),
-            "Reported in the papers vs reproduced here",
-            "A reported number is matched by completed runs of the same protocol, workers, data "
-            "set and model; 'not run' means no such run is in the results read.",
+            *compare(runs),
         ),
     ]
     for name, table, caption, note in specs:
-        written += write_table(table, tables, name, caption, f"{note}\nSource: {sources}.".strip())
+        written += write_table(
+            table.frame,
+            tables,
+            name,
+            caption,
+            f"{note}\nSource: {sources}.".strip(),
+            table.common,
+        )
 
     written += figures.curves(metrics, "train_s", "training time (s)", figs, "accuracy_vs_time")
     if not metrics.empty:

@@ -2,9 +2,14 @@
 
 ``load_runs(roots)`` walks result folders and returns a :class:`Results`:
 
-- ``runs``: one row per run (its config's key fields, status and summary numbers);
+- ``runs``: one row per run: its status and summary numbers, and **every semantic config
+  key** as a column with a dotted name (``optim.lr``, ``protocol.local_steps``,
+  ``train.data_epochs``, ...: exactly what enters the run folder's hash, from
+  :func:`suite.config.semantic_config`), plus short columns for reading (``data``,
+  ``model``, ``protocol``) and ``group``: runs with the same group id have identical
+  semantic configs except the seed, and only such runs are ever pooled;
 - ``metrics``: one row per run × evaluation (the ``metrics.jsonl`` rows with the run's
-  key fields repeated), the table to use for your own analyses;
+  columns repeated), the table to use for your own analyses;
 - ``problems``: folders that could not be read, with the reason. A missing or corrupt
   file never stops the rest; a run that failed or diverged stays in ``runs`` with its
   status, never silently dropped.
@@ -12,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +27,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-RUN_KEYS = ("run", "data", "model", "protocol", "workers", "seed", "status")
+from suite.config import flatten_config, semantic_config
+
+#: Short columns of every run (besides the dotted config columns).
+RUN_KEYS = ("run", "group", "data", "model", "protocol", "workers", "seed", "status")
+#: Config columns that never define a group (the seed is what a group pools over).
+NOT_GROUPING = ("seed",)
 
 
 @dataclass
@@ -31,6 +42,33 @@ class Results:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def config_columns(self) -> list[str]:
+        """The dotted semantic config columns of ``runs``."""
+        return config_columns(self.runs)
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The semantic config columns of a runs (or metrics) frame, in a stable order."""
+    return [c for c in frame.columns if c.startswith(CONFIG_PREFIXES) or c in TOP_LEVEL]
+
+
+CONFIG_PREFIXES = ("protocol.", "model.", "data.", "optim.", "train.")
+TOP_LEVEL = ("workers", "seed", "device", "link")
+
+
+def model_tag(model: dict[str, Any]) -> str:
+    """A short readable model name: ``preact_resnet101x0.125``, ``mlp2x1024``."""
+    if model.get("name") == "mlp":
+        return f"mlp{model.get('layers')}x{model.get('hidden')}"
+    return f"{model.get('name')}{model.get('depth')}x{model.get('width'):g}"
+
+
+def group_id(config: dict[str, Any]) -> str:
+    """A short id of everything in a flattened semantic config but the seed."""
+    key = {k: v for k, v in config.items() if k not in NOT_GROUPING}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _run_folders(roots: Iterable[Path]) -> list[Path]:
@@ -44,28 +82,24 @@ def _run_folders(roots: Iterable[Path]) -> list[Path]:
 
 
 def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A run's key fields and metric rows; raises ValueError naming what is wrong."""
+    """A run's columns and metric rows; raises ValueError naming what is wrong."""
     config_path = folder / "config.yaml"
     if not config_path.exists():
         raise ValueError("config.yaml is missing")
     try:
         config = yaml.safe_load(config_path.read_text())
-        proto = config["protocol"]
-        model = config["model"]
+        semantic = flatten_config(semantic_config(config))
         run = {
             "run": folder.name,
+            "group": group_id(semantic),
             "data": config["data"]["name"],
-            "model": (
-                f"mlp{model['layers']}x{model['hidden']}"
-                if model["name"] == "mlp"
-                else f"{model['name']}{model['depth']}x{model['width']:g}"
-            ),
-            "protocol": proto["name"],
+            "model": model_tag(config["model"]),
+            "protocol": config["protocol"]["name"],
             "workers": int(config["workers"]),
             "seed": int(config["seed"]),
-            "local_steps": proto.get("local_steps", 1),
+            **{k: v for k, v in semantic.items() if k not in ("workers", "seed")},
         }
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"config.yaml is unreadable ({type(err).__name__}: {err})") from err
     summary_path = folder / "summary.json"
     if summary_path.exists():
@@ -110,23 +144,37 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
     if isinstance(roots, str | Path):
         roots = [roots]
     paths = [Path(r) for r in roots]
-    runs, metrics, problems = [], [], []
+    runs: list[dict[str, Any]] = []
+    problems: list[tuple[str, str]] = []
+    rows: list[tuple[str, list[dict[str, Any]]]] = []
     for root in paths:
         if not root.exists():
             problems.append((str(root), "results folder does not exist"))
     for folder in _run_folders(p for p in paths if p.exists()):
         try:
-            run, rows = _read_run(folder)
+            run, metric_rows = _read_run(folder)
         except ValueError as err:
             problems.append((str(folder), str(err)))
             continue
+        seen = sum(r["run"].split(" [")[0] == run["run"] for r in runs)
+        if seen:  # the same folder name under two roots: keep both, told apart
+            run["run"] = f"{run['run']} [{seen + 1}]"
         runs.append(run)
-        metrics += [{**{k: run[k] for k in RUN_KEYS}, **row} for row in rows]
-    run_df = pd.DataFrame(runs, columns=[*RUN_KEYS, "local_steps", *_SUMMARY_FIELDS])
-    metric_df = pd.DataFrame(metrics)
-    if not metric_df.empty:
-        metric_df = metric_df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+        rows.append((run["run"], metric_rows))
+    configs = sorted({k for r in runs for k in r if k.startswith(CONFIG_PREFIXES)})
+    configs += [k for k in ("device", "link") if any(k in r for r in runs)]
+    columns = [*RUN_KEYS, *_SUMMARY_FIELDS, *configs]
+    run_df = pd.DataFrame(runs, columns=columns)
     run_df = run_df.sort_values(["data", "protocol", "workers", "seed", "run"]).reset_index(
         drop=True
     )
+    by_run = {r["run"]: r for r in runs}
+    metrics = [
+        {**{k: by_run[name].get(k) for k in (*RUN_KEYS, *configs)}, **row}
+        for name, metric_rows in rows
+        for row in metric_rows
+    ]
+    metric_df = pd.DataFrame(metrics)
+    if not metric_df.empty:
+        metric_df = metric_df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
     return Results(run_df, metric_df, problems)
