@@ -149,7 +149,8 @@ def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemI
 def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
     """The shared model, seeded identically on every rank."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, ds.in_channels, ds.num_classes, ds.image_size).to(device)
+    shape = tuple(ds.train_x.shape[1:])
+    return build_model(cfg.model, ds.in_channels, ds.num_classes, shape).to(device)
 
 
 def train(

@@ -44,7 +44,7 @@ def _model_config_for(name):
             dataclasses.replace(tiny_config().model, **overrides),
             in_channels=1,
             num_classes=10,
-            image_size=8,
+            input_shape=(1, 8, 8),
         )
         if protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None:
             return overrides, model

@@ -17,6 +17,7 @@ host. ``scale`` maps the raw values to [0, 1]; ``mean``/``std`` then normalise.
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,15 +117,31 @@ def _root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
+#: The official python-pickle layout: folder, training files, test file, label key.
+CIFAR_FILES = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "labels",
+    ),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+
+
 def _cifar(cfg: DataConfig) -> ImageDataset:
-    tv = torchvision_datasets()
+    """CIFAR-10/100 read straight from the official pickles (no checksum: a file that is
+    missing, truncated or not in the format fails with the reason). ``data.download``
+    fetches the archive with torchvision first, which verifies its checksum."""
     root = _root(cfg)
-    cls = tv.CIFAR10 if cfg.name == "cifar10" else tv.CIFAR100
-    folder = cls.base_folder
+    folder, train_files, test_file, key = CIFAR_FILES[cfg.name]
     try:
-        train = cls(str(root), train=True, download=cfg.download)
-        test = cls(str(root), train=False, download=False)
-    except Exception as err:  # "Dataset not found or corrupted", or a file that won't parse
+        if cfg.download:
+            tv = torchvision_datasets()
+            (tv.CIFAR10 if cfg.name == "cifar10" else tv.CIFAR100)(str(root), download=True)
+        trx, tr_y = _cifar_split([root / folder / f for f in train_files], key)
+        tex, te_y = _cifar_split([root / folder / test_file], key)
+    except Exception as err:  # a missing file, or one that does not parse
         raise ConfigError(
             f"{cfg.name} not found or corrupted under {root} (expected {root / folder}/ as in "
             f"the official python tarball): {type(err).__name__}: {err}; set data.root, or "
@@ -132,13 +149,23 @@ def _cifar(cfg: DataConfig) -> ImageDataset:
         ) from err
     mean, std = CIFAR10_STATS if cfg.name == "cifar10" else CIFAR100_STATS
     num_classes = 10 if cfg.name == "cifar10" else 100
-
-    def tensors(split: object) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(split.data)).permute(0, 3, 1, 2)  # type: ignore[attr-defined]
-        return x.contiguous(), torch.tensor(split.targets, dtype=torch.int64)  # type: ignore[attr-defined]
-
-    (trx, tr_y), (tex, te_y) = tensors(train), tensors(test)
     return ImageDataset(cfg.name, trx, tr_y, tex, te_y, num_classes, 255.0, mean, std, 4, True)
+
+
+def _cifar_split(files: list[Path], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels of CIFAR pickle files, concatenated."""
+    images, labels = [], []
+    for path in files:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{path.name}: 'data' has shape {data.shape}, not (N, 3072)")
+        if len(entry[key]) != len(data):
+            raise ValueError(f"{path.name}: {len(entry[key])} labels for {len(data)} images")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.tensor(entry[key], dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
 
 
 def _svhn(cfg: DataConfig) -> ImageDataset:
