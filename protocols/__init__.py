@@ -1,34 +1,65 @@
-"""Protocol registry: ``name`` → class; module name = registry key = config file name.
+"""The protocol registry: every ``Protocol`` subclass with a ``name`` registers itself.
 
-Adding a protocol is one file here plus ``suite/conf/protocol/<name>.yaml``.
+Shipped protocols are the modules of this package (found, not listed); a protocol from
+an installed package is found through the entry-point group ``commbench.protocols``
+(``[project.entry-points."commbench.protocols"] my_method = "my_package.my_module"``):
+loading the entry point imports the module, which registers its class.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
+import pkgutil
+from importlib import metadata
 from typing import Any
 
-from protocols.auxnet import AuxNet
-from protocols.base import ProblemInfo, Protocol, Work
-from protocols.ddp import DDP
-from protocols.ist import IST
-from protocols.localsgd import LocalSGD
-from protocols.resist import ResIST
-from protocols.single import Single
+from protocols.base import REGISTRY, ProblemInfo, Protocol, ProtocolConfig, Work
 from suite.config import ConfigError, from_dict
 
-REGISTRY: dict[str, type[Protocol]] = {
-    p.name: p for p in (AuxNet, DDP, IST, LocalSGD, ResIST, Single)
-}
+__all__ = [
+    "REGISTRY",
+    "ProblemInfo",
+    "Protocol",
+    "ProtocolConfig",
+    "Work",
+    "build",
+    "get",
+    "load_all",
+    "parse_config",
+]
 
-__all__ = ["REGISTRY", "ProblemInfo", "Protocol", "Work", "build", "parse_config"]
+#: The entry-point group plugins register their protocol modules under.
+ENTRY_POINT_GROUP = "commbench.protocols"
+_NOT_PROTOCOLS = {"base"}
+_loaded = False
 
 
-def get(name: str) -> type[Protocol]:
+def load_all() -> dict[str, type[Protocol[Any]]]:
+    """Import every shipped protocol module and every installed plugin (once); returns
+    the registry. A plugin that fails to import is an error naming it."""
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules(__path__):
+            if info.name not in _NOT_PROTOCOLS and not info.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{info.name}")
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except Exception as err:
+                raise ConfigError(
+                    f"the protocol plugin {entry.name!r} ({entry.value}) failed to load: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+        _loaded = True
+    return REGISTRY
+
+
+def get(name: str) -> type[Protocol[Any]]:
     """The protocol class registered under ``name``."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown protocol {name!r}; valid: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    registry = load_all()
+    if name not in registry:
+        raise ConfigError(f"unknown protocol {name!r}; valid: {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def parse_config(values: dict[str, Any]) -> Any:
@@ -36,13 +67,12 @@ def parse_config(values: dict[str, Any]) -> Any:
     values = dict(values)
     name = values.pop("name", None)
     if name is None:
-        raise ConfigError(f"protocol.name is missing; valid: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"protocol.name is missing; valid: {', '.join(sorted(load_all()))}")
     return from_dict(get(name).Config, {"name": name, **values}, "protocol")
 
 
-def build(cfg: Any) -> Protocol:
+def build(cfg: ProtocolConfig) -> Protocol[Any]:
     """Instantiate the protocol for a parsed Config."""
-    name = getattr(cfg, "name", None)
-    if not dataclasses.is_dataclass(cfg) or not isinstance(name, str):
+    if not isinstance(cfg, ProtocolConfig):
         raise TypeError("build() takes a parsed protocol Config")
-    return get(name)(cfg)
+    return get(cfg.name)(cfg)

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state
+from protocols.base import (
+    Equivalence,
+    OptimizerFactory,
+    ProblemInfo,
+    Protocol,
+    ProtocolConfig,
+    Work,
+    float_state,
+)
 from suite.dist import Comm, flatten, unflatten_into
 from suite.models.flops import count_macs
 
@@ -59,7 +67,22 @@ class AuxNetwork(nn.Module):
         return self.net(x)
 
 
-class AuxNet(Protocol):
+@dataclass(frozen=True)
+class AuxNetConfig(ProtocolConfig):
+    """The choices the outline leaves open (see the class docstring)."""
+
+    name: str = "auxnet"
+    penalty: float = 10.0  # ρ at the start
+    penalty_growth: float = 1.0  # ρ multiplied by this every round (a schedule)
+    coupling: Literal["penalty", "lagrangian"] = "penalty"
+    aux_lr: float = 0.1  # step size of the auxiliary-variable update
+    aux_width: int = 16  # channels of the AuxNets
+    cuts: tuple[int, ...] = ()  # unit indices where modules start; () = balanced
+    warmup_epochs: float = 0.0  # data-epochs of serial backprop (pipelined) first
+    finetune_epochs: float = 0.0  # data-epochs of serial backprop at the end
+
+
+class AuxNet(Protocol[AuxNetConfig]):
     """Layer-parallel training with auxiliary variables (Sun, Dong, Chen, Sun, Li, Dong;
     arXiv 2112.05387; only the outline is public: shared/reference/protocols.md §3).
 
@@ -76,28 +99,30 @@ class AuxNet(Protocol):
     λ_k·(h_k − z_{k+1}) + ρ/2·‖h_k − z_{k+1}‖² and updates λ_k ← λ_k + ρ·(h_k − z_{k+1})
     (a mean over samples), and sends λ_k with h_k, so rank k+1's step on z_{k+1} uses
     the same λ_k (``z_target``). Neighbours exchange h_k (and λ_k) and z_k each step:
-    2·(|h_k| + |z_{k+1}| (+ |λ_k|))·4 bytes per link, summed over links (paper convention
-    = what is sent plus received). Evaluation chains the modules: the serial network.
+    (|h_k| + |z_{k+1}| (+ |λ_k|))·4 bytes per link, summed over links (each transfer
+    counted once, as ``Comm`` counts point-to-point traffic). Evaluation chains the
+    modules: the serial network.
     K = 1 is plain training.
     """
 
     name = "auxnet"
+    Config = AuxNetConfig
+    title = "AuxNet layer-parallel"
+    style = ("#cc78bc", "v")
     same_batch_on_all_ranks = True
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "auxnet"
-        penalty: float = 10.0  # ρ at the start
-        penalty_growth: float = 1.0  # ρ multiplied by this every round (a schedule)
-        coupling: Literal["penalty", "lagrangian"] = "penalty"
-        aux_lr: float = 0.1  # step size of the auxiliary-variable update
-        aux_width: int = 16  # channels of the AuxNets
-        cuts: tuple[int, ...] = ()  # unit indices where modules start; () = balanced
-        warmup_epochs: float = 0.0  # data-epochs of serial backprop (pipelined) first
-        finetune_epochs: float = 0.0  # data-epochs of serial backprop at the end
+    equivalences = (
+        Equivalence(
+            "a serial warm-up over the whole budget: backpropagation, as one worker",
+            "single",
+            mine={"warmup_epochs": 1000.0},
+            their_run={"workers": 1},
+            atol=1e-5,
+            same_bytes=False,
+        ),
+    )
 
     @classmethod
-    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+    def supports(cls, cfg: AuxNetConfig, info: ProblemInfo, workers: int) -> str | None:
         units = getattr(info.model, "units", None)
         if units is None:
             return "protocol=auxnet cuts a ResNet into modules: use model=preact_resnet"
@@ -116,17 +141,36 @@ class AuxNet(Protocol):
             )
         return None
 
-    def setup(
-        self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
-    ) -> None:
-        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
-        self.k, self.size = comm.rank, comm.world_size
+    @classmethod
+    def paper_bytes_per_round(cls, cfg: AuxNetConfig, info: ProblemInfo, workers: int) -> int:
+        """A round is one step: over each link k→k+1, h_k up and z_{k+1} down, a batch
+        of the cut's activations each (and λ_k, one per feature, with the Lagrangian);
+        each transfer counted once. Serial (warm-up, fine-tune) steps move activations
+        up and input gradients down: the same, without λ."""
+        if workers == 1:
+            return 0
+        cuts, shapes = cls.plan(cfg, info, workers)
+        total = 0
+        for k in range(1, workers):
+            features = math.prod(shapes[cuts[k]])
+            total += 2 * info.batch_size * features
+            total += features if cfg.coupling == "lagrangian" else 0
+        return 4 * total
+
+    @classmethod
+    def plan(
+        cls, cfg: AuxNetConfig, info: ProblemInfo, workers: int
+    ) -> tuple[list[int], list[tuple[int, ...]]]:
+        """Where the modules start (the configured cuts, else balanced by MACs) and the
+        input shape of every unit, probed in eval mode with autograd off, so BatchNorm's
+        running statistics do not move."""
+        model = info.model
         units: list[nn.Module] = model.units()  # type: ignore[operator]
         device = next(model.parameters()).device
         x = torch.zeros(2, *info_shape(info), device=device)
         shapes, costs, h = [], [], x
         was_training = model.training
-        model.eval()  # probing shapes and costs must not move BatchNorm's running statistics
+        model.eval()
         with torch.no_grad():
             macs = count_macs(model, x, per_module=True)
             for u in units:
@@ -134,19 +178,29 @@ class AuxNet(Protocol):
                 h = u(h)
                 costs.append(sum(macs.get(q, 0) for q in u.modules()))
         model.train(was_training)
-        self.cuts = list(self.cfg.cuts) or balanced_cuts(costs, self.size)
+        return list(cfg.cuts) or balanced_cuts(costs, workers), shapes
+
+    def setup(
+        self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
+    ) -> None:
+        self.model, self.comm, self.make_optimizer = model, comm, make_optimizer
+        self.k, self.size = comm.rank, comm.world_size
+        units: list[nn.Module] = model.units()  # type: ignore[operator]
+        device = next(model.parameters()).device
+        self.cuts, shapes = self.plan(self.cfg, info, self.size)
         bounds = [*self.cuts, len(units)]
         self.modules_ = [nn.Sequential(*units[a:b]) for a, b in itertools.pairwise(bounds)]
         self.module = self.modules_[self.k]
         self.in_shape = shapes[bounds[self.k]]
         self.out_shape = shapes[bounds[self.k + 1]] if self.k + 1 < self.size else None
+        channels, size = info_shape(info)[0], info_shape(info)[-1]
         self.aux: AuxNetwork | None = None
         params = list(self.module.parameters())
         if self.k > 0:
             with torch.random.fork_rng(devices=[]):  # the same AuxNet start on every run
                 torch.manual_seed(info.seed * 1000 + self.k)
                 width = self.cfg.aux_width
-                self.aux = AuxNetwork(x.shape[1], self.in_shape, x.shape[-1], width).to(device)
+                self.aux = AuxNetwork(channels, self.in_shape, size, width).to(device)
             params += list(self.aux.parameters())
         self.rho = self.cfg.penalty
         # λ_k, one per feature of h_k (shared over samples: no per-sample state is kept);
@@ -183,26 +237,21 @@ class AuxNet(Protocol):
             inp = x
         else:
             inp = torch.empty(batch, *self.in_shape, device=x.device)
-            self._p2p({}, {self.k - 1: inp})
+            self.comm.exchange({}, {self.k - 1: inp})
             inp.requires_grad_(True)
         self._input = inp if self.k > 0 else None
         h = self.module(inp)
         if self.k + 1 < self.size:
             assert self.out_shape is not None
             grad = torch.empty(batch, *self.out_shape, device=x.device)
-            self._p2p({self.k + 1: h.detach().contiguous()}, {})
-            self._p2p({}, {self.k + 1: grad})
+            self.comm.exchange({self.k + 1: h.detach().contiguous()}, {})
+            self.comm.exchange({}, {self.k + 1: grad})
             loss = (h * grad).sum()  # backward of this surrogate is backprop of the chain
         else:
             loss = F.cross_entropy(h, y)
         self.times["forward"] += time.perf_counter() - t0
         self._mark = time.perf_counter()
         return loss
-
-    def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
-        before = self.comm.bytes_moved
-        self.comm.exchange(sends, recvs)
-        self.comm.count_paper(self.comm.bytes_moved - before)
 
     def _objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The local loss of this rank's module (and AuxNet) on the shared batch."""
@@ -255,7 +304,7 @@ class AuxNet(Protocol):
             numel = batch * math.prod(self.in_shape)
             extra = math.prod(self.in_shape) if lagrangian else 0
             recvs[self.k - 1] = torch.empty(numel + extra, device=h.device)
-        self._p2p(sends, recvs)
+        self.comm.exchange(sends, recvs)
         h_prev = lam_prev = z_next = None
         if self.k > 0:
             flat = recvs[self.k - 1]
@@ -271,7 +320,7 @@ class AuxNet(Protocol):
         self.times["backward"] += time.perf_counter() - self._mark
         if self._input is not None:  # a serial step: hand the input gradient down
             assert self._input.grad is not None
-            self._p2p({self.k - 1: self._input.grad.contiguous()}, {})
+            self.comm.exchange({self.k - 1: self._input.grad.contiguous()}, {})
             self._input = None
 
     def end_round(self, r: int, work: Work) -> None:
@@ -347,7 +396,6 @@ def z_target(
 
 
 def info_shape(info: ProblemInfo) -> tuple[int, int, int]:
-    """(channels, size, size) of the data set's inputs, from the model's stem."""
-    stem = info.model.get_submodule("stem")
-    assert isinstance(stem, nn.Conv2d)
-    return (stem.in_channels, info.image_size, info.image_size)
+    """(channels, height, width) of one input sample."""
+    channels, height, width = info.input_shape
+    return (channels, height, width)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
-from protocols.base import Protocol, Work, nbytes
+from protocols.base import Equivalence, ProblemInfo, Protocol, ProtocolConfig, Work, nbytes
 
 
-class DDP(Protocol):
+@dataclass(frozen=True)
+class DDPConfig(ProtocolConfig):
+    """DDP has no knobs."""
+
+    name: str = "ddp"
+
+
+class DDP(Protocol[DDPConfig]):
     """Synchronous data parallel SGD (every-step gradient all-reduce).
 
     Each worker computes the gradient of its own mini-batch; the gradients are averaged
@@ -27,14 +32,14 @@ class DDP(Protocol):
     """
 
     name = "ddp"
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "ddp"
+    Config = DDPConfig
+    title = "data parallel"
+    style = ("#0173b2", "o")
+    equivalences = (Equivalence("at one worker: plain SGD", "single", run={"workers": 1}),)
 
     @classmethod
-    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
-        grads = [p for p in model.parameters() if p.requires_grad]
+    def paper_bytes_per_round(cls, cfg: DDPConfig, info: ProblemInfo, workers: int) -> int:
+        grads = [p for p in info.model.parameters() if p.requires_grad]
         return 2 * workers * nbytes(grads) if workers > 1 else 0
 
     def after_backward(self, work: Work) -> None:

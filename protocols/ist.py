@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
-from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state, nbytes
-from suite.data.loader import seeded_generator
+from protocols.base import (
+    Equivalence,
+    OptimizerFactory,
+    ProblemInfo,
+    Protocol,
+    RoundsConfig,
+    Work,
+    float_state,
+    nbytes,
+)
 from suite.dist import Comm
 from suite.models.mlp import MLP
+from suite.seeding import seeded_generator
 
 
 def partition_neurons(
@@ -80,7 +89,17 @@ def slots(model: MLP) -> list[Slot]:
     return out
 
 
-class IST(Protocol):
+@dataclass(frozen=True)
+class ISTConfig(RoundsConfig):
+    """ℓ, who serves the model, and how neurons are drawn."""
+
+    name: str = "ist"
+    local_steps: int = 10
+    sync: Literal["centralized", "decentralized"] = "centralized"
+    partition: Literal["auto", "global", "stratified"] = "auto"
+
+
+class IST(Protocol[ISTConfig]):
     """IST (Yuan, Wolfe, Dun, Tang, Kyrillidis, Jermaine; VLDB 2022, arXiv 1910.02120).
 
     Each round every hidden layer's neurons are permuted and split into S equal groups,
@@ -103,16 +122,27 @@ class IST(Protocol):
     """
 
     name = "ist"
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "ist"
-        local_steps: int = 10
-        sync: Literal["centralized", "decentralized"] = "centralized"
-        partition: Literal["auto", "global", "stratified"] = "auto"
+    Config = ISTConfig
+    title = "IST"
+    style = ("#d55e00", "D")
+    default_model = "mlp"
+    equivalences = (
+        Equivalence(
+            "at one worker: plain SGD (momentum-free: a fresh optimizer every round)",
+            "single",
+            run={"workers": 1, "optim": {"momentum": 0.0}},
+            atol=1e-6,
+        ),
+        Equivalence(
+            "both sync modes give the same model and bytes (one partition rule)",
+            "ist",
+            mine={"sync": "centralized", "partition": "stratified"},
+            theirs={"sync": "decentralized", "partition": "stratified"},
+        ),
+    )
 
     @classmethod
-    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+    def supports(cls, cfg: ISTConfig, info: ProblemInfo, workers: int) -> str | None:
         if not isinstance(info.model, MLP):
             return "protocol=ist partitions the neurons of a fully connected net: use model=mlp"
         bad = [w for w in info.model.widths if w % workers]
@@ -131,15 +161,15 @@ class IST(Protocol):
         return super().supports(cfg, info, workers)
 
     @staticmethod
-    def stratified(cfg: Any) -> bool:
+    def stratified(cfg: ISTConfig) -> bool:
         """Whether neurons are drawn per server slice (see the class docstring)."""
         if cfg.partition == "auto":
             return bool(cfg.sync == "decentralized")
         return bool(cfg.partition == "stratified")
 
     @classmethod
-    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
-        sub = cls._subnet(model, workers)
+    def paper_bytes_per_round(cls, cfg: ISTConfig, info: ProblemInfo, workers: int) -> int:
+        sub = cls._subnet(info.model, workers)
         return 2 * workers * nbytes(float_state(sub)) if workers > 1 else 0
 
     @staticmethod
@@ -191,7 +221,9 @@ class IST(Protocol):
 
     def _move(self, to_workers: bool) -> None:
         """Owners → workers (subnets out) or workers → owners (trained pieces back), in one
-        batch of point-to-point transfers with one flat buffer per pair of ranks."""
+        batch of point-to-point transfers with one flat buffer per pair of ranks. A rank's
+        pieces of its own subnet go to itself: counted as the paper counts them (every
+        worker receives its whole subnet and sends it back), never put on the wire."""
         me = self.comm.rank
         plan = []  # (src, dst, pieces) for the transfers this rank takes part in
         for worker in range(self.size):
@@ -205,7 +237,7 @@ class IST(Protocol):
         sends = {
             dst: torch.cat([read(p).reshape(-1) for p in ps])
             for src, dst, ps in plan
-            if src == me != dst and ps
+            if src == me and ps
         }
         ref = next(iter(self.full.values()))
         recvs = {
@@ -213,21 +245,16 @@ class IST(Protocol):
                 sum(p.numel(self.full) for p in ps), dtype=ref.dtype, device=ref.device
             )
             for src, dst, ps in plan
-            if dst == me != src and ps
+            if dst == me and ps
         }
         self.comm.exchange(sends, recvs)
         for src, dst, ps in plan:
-            if dst != me:
+            if dst != me or not ps:
                 continue
             offset = 0
             for p in ps:
-                if src == dst:
-                    value = read(p)
-                else:
-                    value = recvs[src][offset : offset + p.numel(self.full)].view(
-                        p.shape(self.full)
-                    )
-                    offset += p.numel(self.full)
+                value = recvs[src][offset : offset + p.numel(self.full)].view(p.shape(self.full))
+                offset += p.numel(self.full)
                 if to_workers:
                     p.write_part(self.part, value)
                 else:
@@ -251,10 +278,6 @@ class IST(Protocol):
             self.comm.all_reduce_mean_([self.part[s.name] for s in shared])
             for s in shared:
                 self.full[s.name].copy_(self.part[s.name])
-        # Paper convention: each worker receives its subnet and sends it back.
-        self.comm.count_paper(
-            2 * nbytes(self.part[s.name] for s in self.slots if s.key is not None)
-        )
 
     @torch.no_grad()
     def gather_for_eval(self) -> None:

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from protocols.base import OptimizerFactory, ProblemInfo, Protocol, Work, float_state, nbytes
-from suite.data.loader import seeded_generator
+from protocols.base import (
+    Equivalence,
+    OptimizerFactory,
+    ProblemInfo,
+    Protocol,
+    RoundsConfig,
+    Work,
+    float_state,
+    nbytes,
+)
+from suite.config import ConfigError
 from suite.dist import Comm
+from suite.models.flops import count_macs, sub_resnet_macs
+from suite.seeding import seeded_generator
 
 #: Minimum depth per worker count used for the paper's tables [inferred from its
 #: communication table; shared/reference/protocols.md §1].
@@ -90,7 +102,29 @@ def owners(chunks: list[list[int]], num_blocks: int) -> list[list[int]]:
     return result
 
 
-class ResIST(Protocol):
+@dataclass(frozen=True)
+class ResISTConfig(RoundsConfig):
+    """ℓ, the minimum depth, the optimizer state at a round's start, a warm-up."""
+
+    name: str = "resist"
+    local_steps: int = 10  # the paper used 50 (experiment=resist_cifar)
+    min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋ or one more, disjoint)
+    optimizer_state: Literal["reset", "keep"] = "reset"  # reset: new every round (code)
+    warmup_epochs: float = 0.0  # data-epochs of local SGD on the full model first
+
+
+def paper_min_depth(workers: int) -> int:
+    """ResIST's minimum depth in the paper's tables, by worker count (the presets'
+    ``${paper_min_depth:${workers}}``)."""
+    if int(workers) not in PAPER_MIN_DEPTH:
+        raise ConfigError(
+            f"the paper's presets define a minimum depth for workers in "
+            f"{sorted(PAPER_MIN_DEPTH)}, not {workers}; set protocol.min_depth yourself"
+        )
+    return PAPER_MIN_DEPTH[int(workers)]
+
+
+class ResIST(Protocol[ResISTConfig]):
     """ResIST (Dun, Wolfe, Jermaine, Kyrillidis; UAI 2022, arXiv 2107.00961).
 
     Each round the non-first blocks of stage 3 (P of them) are dealt at random to the S
@@ -111,22 +145,33 @@ class ResIST(Protocol):
     S = 1 with every block active and ``optimizer_state=keep`` is plain training.
     """
 
-    point_to_point_hops = 2  # blocks to their averaging holder, then on to the next ones
-
     name = "resist"
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "resist"
-        local_steps: int = 10  # the paper used 50 (experiment=resist_cifar)
-        min_depth: int = 0  # m: blocks per sub-ResNet at least (0: ⌊P/S⌋ or one more, disjoint)
-        optimizer_state: Literal["reset", "keep"] = (
-            "reset"  # reset: a new optimizer per round (code)
-        )
-        warmup_epochs: float = 0.0  # data-epochs of local SGD on the full model first
+    Config = ResISTConfig
+    title = "ResIST"
+    style = ("#029e73", "^")
+    point_to_point_hops = 2  # blocks to their averaging holder, then on to the next ones
+    equivalences = (
+        Equivalence(
+            "at one worker with the optimizer kept (every block active): plain SGD",
+            "single",
+            mine={"optimizer_state": "keep"},
+            run={"workers": 1},
+        ),
+        Equivalence(
+            "a warm-up over the whole budget: local SGD with the optimizer reset",
+            "localsgd",
+            mine={"warmup_epochs": 1000.0},
+            theirs={"optimizer_state": "reset"},
+            atol=1e-5,
+        ),
+    )
 
     @classmethod
-    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+    def resolvers(cls) -> dict[str, Callable[..., Any]]:
+        return {"paper_min_depth": paper_min_depth}
+
+    @classmethod
+    def supports(cls, cfg: ResISTConfig, info: ProblemInfo, workers: int) -> str | None:
         blocks = getattr(info.model, "partitionable_blocks", None)
         if blocks is None:
             return "protocol=resist needs a ResNet with a partitionable stage (model=preact_resnet)"
@@ -149,23 +194,31 @@ class ResIST(Protocol):
         return None
 
     @classmethod
-    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+    def paper_bytes_per_round(cls, cfg: ResISTConfig, info: ProblemInfo, workers: int) -> int:
         if workers == 1:
             return 0
-        blocks = model.partitionable_blocks()  # type: ignore[operator]
+        blocks = info.model.partitionable_blocks()  # type: ignore[operator]
         block = nbytes(float_state(blocks[0]))
-        shared = nbytes(float_state(model)) - len(blocks) * block
-        return 2 * workers * shared + cls.paper_bytes_point_to_point(cfg, model, workers)
+        shared = nbytes(float_state(info.model)) - len(blocks) * block
+        return 2 * workers * shared + cls.paper_bytes_point_to_point(cfg, info, workers)
 
     @classmethod
-    def paper_bytes_point_to_point(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+    def paper_bytes_point_to_point(cls, cfg: ResISTConfig, info: ProblemInfo, workers: int) -> int:
         """The blocks: every copy dealt goes to its holder and comes back (the shared
         layers are all-reduced)."""
         if workers == 1:
             return 0
-        blocks = model.partitionable_blocks()  # type: ignore[operator]
+        blocks = info.model.partitionable_blocks()  # type: ignore[operator]
         dealt = copies_dealt(len(blocks), workers, cfg.min_depth)
         return 2 * dealt * nbytes(float_state(blocks[0]))
+
+    @classmethod
+    def compute_fraction(cls, cfg: ResISTConfig, info: ProblemInfo, workers: int) -> float:
+        """MACs of the largest sub-ResNet (the round waits for it) over the full network's."""
+        blocks = len(info.model.partitionable_blocks())  # type: ignore[operator]
+        depth = max(share_sizes(blocks, workers, cfg.min_depth))
+        x = torch.randn(2, *info.input_shape)
+        return sub_resnet_macs(info.model, x, depth) / count_macs(info.model, x)
 
     def setup(
         self, model: nn.Module, comm: Comm, make_optimizer: OptimizerFactory, info: ProblemInfo
@@ -218,32 +271,33 @@ class ResIST(Protocol):
         after = owners(self.partition(r + 1), len(self.blocks))
         self._reduce(held, after)
         self._hand_out(after)
-        # Paper convention: each dealt block copy goes out to its worker and comes back.
-        mine = len(self.partition(r)[self.comm.rank])
-        self.comm.count_paper(2 * mine * self.block_bytes)
 
     def _reduce(self, held: list[list[int]], after: list[list[int]]) -> None:
-        """Average each block among its owners at one reducer, which then alone holds it."""
+        """Every holder hands its copy of a block to one reducer (a holder that keeps the
+        block next round, when possible), which averages them and alone holds it. The
+        reducer's own copy is a transfer to itself: counted as the papers count a
+        worker's upload, never put on the wire."""
         reducers: dict[int, int] = {}
         moves: list[tuple[int, int, int]] = []  # (block, src, dst)
         for b, ranks in enumerate(held):
             if ranks:
                 staying = [k for k in ranks if k in after[b]]
-                reducers[b] = min(staying or ranks)  # one that keeps the block, when possible
-                moves += [(b, k, reducers[b]) for k in ranks if k != reducers[b]]
+                reducers[b] = min(staying or ranks)
+                moves += [(b, k, reducers[b]) for k in ranks]
         received = self._transfer(moves)
         for b, reducer in reducers.items():
-            if reducer == self.comm.rank and len(held[b]) > 1:
+            if reducer == self.comm.rank:
                 for t, parts in zip(self.block_state[b], received[b], strict=True):
-                    t.add_(torch.stack(parts).sum(0)).div_(len(held[b]))
+                    t.copy_(torch.stack(parts).sum(0).div_(len(parts)))
             self.holders[b] = {reducer}
 
     def _hand_out(self, after: list[list[int]]) -> None:
-        """Send each block from a rank with its current value to next round's owners."""
+        """Send each block from its reducer to every one of next round's holders (to
+        itself too when it stays a holder: the papers' download, not on the wire)."""
         moves = []
         for b, ranks in enumerate(after):
             source = min(self.holders[b])
-            moves += [(b, source, k) for k in ranks if k not in self.holders[b]]
+            moves += [(b, source, k) for k in ranks]
             self.holders[b] |= set(ranks)
         for b, parts in self._transfer(moves).items():
             for t, (value,) in zip(self.block_state[b], parts, strict=True):

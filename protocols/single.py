@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from torch import nn
-
-from protocols.base import ProblemInfo, Protocol
+from protocols.base import ProblemInfo, Protocol, ProtocolConfig
 
 
-class Single(Protocol):
+@dataclass(frozen=True)
+class SingleConfig(ProtocolConfig):
+    """One worker has no knobs."""
+
+    name: str = "single"
+
+
+class Single(Protocol[SingleConfig]):
     """Plain mini-batch SGD on one worker; nothing is communicated.
 
     Seed 003 of the ResIST line compares against "identical ResNets trained on a single
@@ -18,17 +22,16 @@ class Single(Protocol):
     """
 
     name = "single"
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "single"
+    Config = SingleConfig
+    title = "single worker"
+    style = ("#000000", "P")
 
     @classmethod
-    def paper_bytes_per_round(cls, cfg: Any, model: nn.Module, workers: int) -> int:
+    def paper_bytes_per_round(cls, cfg: SingleConfig, info: ProblemInfo, workers: int) -> int:
         return 0
 
     @classmethod
-    def supports(cls, cfg: Any, info: ProblemInfo, workers: int) -> str | None:
+    def supports(cls, cfg: SingleConfig, info: ProblemInfo, workers: int) -> str | None:
         if workers != 1:
             return (
                 f"protocol=single trains on exactly one worker; got workers={workers} "

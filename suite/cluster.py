@@ -20,7 +20,6 @@ at the first failed job:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -32,18 +31,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
 from suite.config import ConfigError, RunConfig
 from suite.launch import failed_summary, run_dir, skip_completed, validate
-from suite.record import atomic_write_text
+from suite.sweep import run_config, write_outcome
 
 log = logging.getLogger(__name__)
-
-OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
 
 
 @dataclass
@@ -181,8 +177,6 @@ class SweepSlurmLauncher(SlurmLauncher):
 
     def _job(self, num: int, overrides: Sequence[str]) -> _Job:
         """A sweep point's config, checked here, before any job is submitted."""
-        from suite.run import run_config
-
         assert self.config is not None and self.hydra_context is not None
         sweep = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep):
@@ -215,48 +209,3 @@ def _job_return(job: _Job, summary: dict[str, Any]) -> JobReturn:
     ret.return_value = summary
     ret.status = JobStatus.COMPLETED  # recorded; the sweep goes on
     return ret
-
-
-def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
-    """One sweep job's outcome, for ``SweepSummary``."""
-    keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir")
-    outcome = {k: summary.get(k) for k in keys}
-    if summary.get("skipped"):
-        outcome["status"] = "skipped"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
-
-
-class SweepSummary(Callback):
-    """At the end of a multirun: how many runs completed, failed, diverged or were skipped."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = sorted(
-            (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-            key=lambda p: int(p.name),
-        )
-        rows = []
-        for folder in jobs:
-            try:
-                row = json.loads((folder / OUTCOME).read_text())
-            except (OSError, ValueError):
-                row = {"status": "unknown", "error": f"no outcome in {folder}"}
-            rows.append({"job": int(folder.name), **row})
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        counts["other"] = len(rows) - sum(counts.values())
-        atomic_write_text(
-            sweep_dir / "sweep_summary.json",
-            json.dumps({"counts": counts, "runs": rows}, indent=2) + "\n",
-        )
-        print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-        for r in rows:
-            acc = r.get("final_test_acc")
-            what = f"acc {acc:.4f}" if isinstance(acc, float) else (r.get("error") or "")
-            print(
-                f"  #{r['job']} {r['status']:9} {r.get('protocol')} w{r.get('workers')} "
-                f"s{r.get('seed')} {what}"
-            )
-
-
-STATUSES = ("completed", "failed", "diverged", "skipped")

@@ -9,30 +9,55 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; raised before any worker process starts."""
 
 
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is typing.Literal
+    }
+
+
+class Checked:
+    """A frozen config dataclass whose fields with a fixed set of values (``Literal``)
+    are validated once, when it is built, however it is built."""
+
+    def __post_init__(self) -> None:
+        for name, choices in _literal_fields(type(self)).items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(
+                    f"{type(self).__name__}.{name}={value!r} is not valid; "
+                    f"choose one of {list(choices)}"
+                )
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """The shared model. ``width`` multiplies the 64/128/256/512 channel widths."""
 
-    name: str = "preact_resnet"  # "preact_resnet" or "mlp"
+    name: Literal["preact_resnet", "mlp"] = "preact_resnet"
     depth: int = 101
     width: float = 0.125
-    bn: str = "batch"  # "batch": batch statistics always (ResIST code), "running" or "none"
+    bn: Literal["batch", "running", "none"] = "batch"  # batch: batch statistics always (code)
     # name=mlp only (the IST papers' fully connected nets):
     hidden: int = 1024  # hidden width (4096 / 8192 in the papers)
     layers: int = 2  # Linear layers: 2 = one hidden layer
-    variant: str = "ist"  # "ist" (the papers' net) or "plain" (biases, running-stats BN)
+    variant: Literal["ist", "plain"] = "ist"  # the papers' net, or biases and running BN
 
     @property
     def tag(self) -> str:
@@ -43,13 +68,13 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """The data set, its sharding across workers and batch sizes (per worker)."""
 
     name: str = "digits"
     root: str | None = None
     download: bool = False
-    sharding: str = "disjoint"  # "disjoint" (DistributedSampler) or "full" (ResIST code)
+    sharding: Literal["disjoint", "full"] = "disjoint"  # DistributedSampler, or every worker all
     batch_size: int = 32
     eval_batch_size: int = 100
     augment: bool = True
@@ -62,21 +87,25 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """SGD with a learning-rate schedule over the whole training budget."""
+class OptimConfig(Checked):
+    """torch's SGD or AdamW, with a learning-rate schedule over the whole budget."""
 
-    name: str = "sgd"
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9
     weight_decay: float = 5e-4
+    # name=sgd only:
+    momentum: float = 0.9
     nesterov: bool = False
-    schedule: str = "step"  # "step", "cosine" or "constant"
+    # name=adamw only:
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["step", "cosine", "constant"] = "step"
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the budget (step schedule)
     gamma: float = 0.1
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """The budget, identical in meaning for every protocol.
 
     ``data_epochs`` counts training samples processed by all workers together, in units
@@ -87,15 +116,15 @@ class TrainConfig:
     eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
     deterministic: bool = False
     checkpoint: bool = True  # save state at each evaluation; resume a run that stopped
-    precision: str = "fp32"  # "fp32", or "bf16": the forward pass under bf16 autocast
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under autocast
     channels_last: bool = False  # conv weights and image batches in NHWC memory layout
 
 
 @dataclass(frozen=True)
-class LaunchConfig:
+class LaunchConfig(Checked):
     """How worker processes are started; none of this changes results."""
 
-    device: str = "auto"  # "auto" (cuda if present), "cpu" or "cuda"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if present
     threads: int = 0  # intra-op threads per worker; 0: cores // workers
     timeout_s: float = 1800.0  # collective timeout (a hang guard; crashes are caught sooner)
     progress: bool = True  # tqdm on an interactive terminal
@@ -106,7 +135,7 @@ class LaunchConfig:
 class RunConfig:
     """One run: a protocol on a model and data set with a number of workers and a seed."""
 
-    protocol: Any = None  # the protocol's own frozen Config dataclass
+    protocol: Any = None  # the protocol's own frozen Config (a protocols.base.ProtocolConfig)
     workers: int = 2
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,6 +178,8 @@ MODEL_FAMILY_FIELDS = {
     "preact_resnet": ("depth", "width", "bn"),
     "mlp": ("hidden", "layers", "variant"),
 }
+#: Optimizer fields only one optimizer reads.
+OPTIM_FIELDS = {"sgd": ("momentum", "nesterov"), "adamw": ("betas", "eps")}
 
 
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -175,11 +206,12 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     if data.get("name") != "synthetic":
         for key in SYNTHETIC_ONLY:
             data.pop(key, None)
-    model = d.get("model", {})
-    for family, fields in MODEL_FAMILY_FIELDS.items():
-        if model.get("name") != family:
-            for key in fields:
-                model.pop(key, None)
+    for section, families in (("model", MODEL_FAMILY_FIELDS), ("optim", OPTIM_FIELDS)):
+        part = d.get(section, {})
+        for family, fields in families.items():
+            if part.get("name", "sgd" if section == "optim" else None) != family:
+                for key in fields:
+                    part.pop(key, None)
     d["device"] = launcher.get("device", "auto")
     if launcher.get("link") is not None:  # an emulated link changes every timing
         d["link"] = launcher["link"]
@@ -253,18 +285,3 @@ def _coerce(tp: Any, raw: Any, where: str) -> Any:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{where} must be {tp.__name__}, got {raw!r}") from err
     return raw
-
-
-def parse_run_config(values: dict[str, Any]) -> RunConfig:
-    """A resolved config dict (Hydra's, minus ``hydra``) → :class:`RunConfig`."""
-    import protocols  # lazily: protocols import this module
-
-    values = dict(values)
-    values.pop("hydra", None)
-    proto = values.pop("protocol", None)
-    if not isinstance(proto, dict):
-        raise ConfigError(
-            f"protocol must be chosen, e.g. protocol=ddp; valid: {sorted(protocols.REGISTRY)}"
-        )
-    cfg = from_dict(RunConfig, values)
-    return dataclasses.replace(cfg, protocol=protocols.parse_config(proto))

@@ -3,13 +3,17 @@
 ``Comm`` counts bytes and times every collective a protocol issues, so communication
 is accounted in one place, identically for every protocol. Three byte counts are kept:
 
-- ``bytes_paper``: what this rank sends plus receives under the papers' convention
-  (an all-reduce of b bytes = send b + receive b; fp32 as it is here). Summed over
-  ranks this gives e.g. local SGD's 2·S·|θ|·4 bytes per round. Protocols whose
-  papers count point-to-point traffic their own way add it with ``count_paper``.
+- ``bytes_paper``: the papers' convention, which counts the *logical* traffic of an
+  algorithm as a parameter server would see it: an all-reduce of b bytes is an upload
+  and a download by every rank (2b per rank; summed over ranks local SGD's 2·S·|θ|·4
+  per round), and every point-to-point transfer a protocol hands to ``exchange``
+  counts its bytes once, at the sender, including a rank's transfer to itself (its own
+  share of a scatter or gather, as the papers count it; it never touches the wire).
+  Counted here from the tensors handed over, never from a protocol's own arithmetic.
 - ``bytes_moved``: what this rank's collectives actually put on and took off the wire:
   a ring all-reduce of b bytes sends and receives 2·(S-1)/S·b each; a point-to-point
-  transfer counts its bytes once at the sender and once at the receiver.
+  transfer counts its bytes once at the sender and once at the receiver (a transfer
+  to oneself not at all).
 - ``bytes_payload``: bytes of tensor data this rank handed to collectives.
 
 Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and
@@ -25,13 +29,10 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -137,11 +138,6 @@ class Comm:
             self.bytes_paper += paper
             self.bytes_moved += moved
 
-    def count_paper(self, nbytes: int) -> None:
-        """Add bytes under the paper's own convention (for point-to-point protocols)."""
-        if self.counting and self.world_size > 1:
-            self.bytes_paper += nbytes
-
     @contextmanager
     def uncounted(self) -> Iterator[None]:
         """Collectives inside are neither counted nor timed (e.g. gathering for evaluation)."""
@@ -163,19 +159,32 @@ class Comm:
 
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from
-        each, all in one batch. Every rank must post the matching other half."""
-        ops = [dist.P2POp(dist.isend, t, peer) for peer, t in sorted(sends.items()) if t.numel()]
-        ops += [dist.P2POp(dist.irecv, t, peer) for peer, t in sorted(recvs.items()) if t.numel()]
-        if not ops:
-            return
+        each, all in one batch. Every rank must post the matching other half. A rank may
+        name itself as a peer: that transfer is a local copy (see the byte conventions)."""
+        me = self.rank
+        if me in sends or me in recvs:
+            recvs[me].copy_(sends[me])
+        ops = [
+            dist.P2POp(dist.isend, t, peer)
+            for peer, t in sorted(sends.items())
+            if t.numel() and peer != me
+        ]
+        ops += [
+            dist.P2POp(dist.irecv, t, peer)
+            for peer, t in sorted(recvs.items())
+            if t.numel() and peer != me
+        ]
 
         def run() -> None:
-            for req in dist.batch_isend_irecv(ops):
-                req.wait()
+            if ops:
+                for req in dist.batch_isend_irecv(ops):
+                    req.wait()
 
         sent = sum(t.numel() * t.element_size() for t in sends.values())
-        got = sum(t.numel() * t.element_size() for t in recvs.values())
-        self._timed(run, sent, 0, sent + got)
+        wire = sent - (sends[me].numel() * sends[me].element_size() if me in sends else 0)
+        got = sum(t.numel() * t.element_size() for p, t in recvs.items() if p != me)
+        if self.world_size > 1 and (ops or sent):
+            self._timed(run, sent, sent, wire + got)
 
     def broadcast_(self, tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         """Make every rank's tensors equal to ``src``'s. Uncounted: used for set-up only."""
@@ -197,83 +206,3 @@ class Comm:
         """Wait for every rank (not counted)."""
         if self.world_size > 1:
             dist.barrier()
-
-
-def _rank_main(
-    fn: Callable[..., Any],
-    rdv: Rendezvous,
-    out: str,
-    threads: int,
-    args: tuple[Any, ...],
-    netns: str | None = None,
-) -> None:
-    torch.set_num_threads(threads)
-    code = 0
-    try:
-        if netns is not None:
-            from suite import netem  # not at the top: netem imports this module
-
-            netem.enter(netns)
-        init_process_group(rdv, torch.device("cpu"), 300)
-        result = fn(rdv.rank, Comm(rdv.rank, rdv.world_size, torch.device("cpu")), *args)
-        torch.save(result, f"{out}.rank{rdv.rank}")
-    except BaseException:
-        Path(f"{out}.rank{rdv.rank}.err").write_text(traceback.format_exc())
-        code = 1
-    finally:
-        destroy_process_group()
-    os._exit(code)  # as suite.launch: skip C++ teardown of gloo threads
-
-
-def run_ranks(
-    fn: Callable[..., Any],
-    world: int,
-    tmp: Path,
-    *args: Any,
-    threads: int = 1,
-    link: str | None = None,
-) -> list[Any]:
-    """Run ``fn(rank, comm, *args)`` in ``world`` real gloo processes on CPU; return each
-    rank's (picklable) result. For tests and benchmarks; ``fn`` must be importable.
-    ``link`` (e.g. ``"1gbit"``, root only): each rank behind its own emulated link."""
-    from suite import netem  # not at the top: netem imports this module
-
-    with netem.endpoints(world, link) as (host, spaces):
-        return _run_ranks(fn, world, tmp, args, threads, host, spaces)
-
-
-def _run_ranks(
-    fn: Callable[..., Any],
-    world: int,
-    tmp: Path,
-    args: tuple[Any, ...],
-    threads: int,
-    host: str,
-    spaces: list[str | None],
-) -> list[Any]:
-    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    out = str(Path(tmp) / f"ranks-{fn.__name__}-{os.getpid()}")
-    procs = [
-        ctx.Process(
-            target=_rank_main,
-            args=(fn, Rendezvous(r, world, host, store.port), out, threads, args, spaces[r]),
-        )
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 600
-    while any(p.exitcode is None for p in procs) and not any(p.exitcode for p in procs):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for p in procs:  # one rank failed (or time ran out): do not wait for the others
-        if p.exitcode is None:
-            p.kill()
-        p.join()
-    failed = [Path(f"{out}.rank{r}.err") for r in range(world)]
-    errors = [f.read_text() for f in failed if f.exists()]
-    if errors or any(p.exitcode for p in procs):
-        raise RuntimeError(f"ranks failed {[p.exitcode for p in procs]}:\n" + "\n".join(errors))
-    return [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(world)]

@@ -1,21 +1,18 @@
 """All launching in one place: validate, prepare the run folder, start the workers.
 
-Locally a run is ``workers`` real processes (spawned; gloo on CPU, NCCL on GPUs) that
-meet at a TCP store owned by this process on a free port. The launcher watches them:
-the first worker to fail (exception, kill -9, out of memory) makes it stop the others at
-once and mark the run ``failed`` with that worker's error, so a crash never hangs.
-When a scheduler already started one task per rank (torchrun, or submitit with
-``tasks_per_node=workers``), each task runs its rank directly.
-The training code does not know which path started it.
+Locally a run is ``workers`` real processes (``suite.spawn``; gloo on CPU, NCCL on GPUs)
+that the launcher watches: the first worker to fail (exception, kill -9, out of memory)
+makes it stop the others at once and mark the run ``failed`` with that worker's error,
+so a crash never hangs. When a scheduler already started one task per rank (submitit
+with ``tasks_per_node=workers`` on SLURM), each task runs its rank directly. The
+training code does not know which path started it.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -23,59 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-import protocols
-from suite import netem
+from suite import netem, problem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
-from suite.data import load_dataset
-from suite.dist import (
-    Comm,
-    Rendezvous,
-    destroy_process_group,
-    die_with_parent,
-    init_process_group,
-    pick_device,
-)
-from suite.models.resnet import BN_MODES
+from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
 from suite.record import RunDir, environment
-from suite.train import Preempted, build, problem_info, train
+from suite.spawn import Outcome, signal_name, start_ranks
+from suite.train import Preempted, train
 
 log = logging.getLogger("suite")
 
-SCHEDULES = ("step", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
-MAX_WORKERS = 1024
-
 
 def validate(cfg: RunConfig) -> None:
-    """Refuse a configuration that cannot run, naming the problem and the valid choices."""
-    if not isinstance(cfg.workers, int) or not 1 <= cfg.workers <= MAX_WORKERS:
-        raise ConfigError(f"workers must be an integer in 1..{MAX_WORKERS}, got {cfg.workers!r}")
-    if cfg.data.sharding not in ("disjoint", "full"):
-        raise ConfigError(f"data.sharding={cfg.data.sharding!r}; valid: disjoint, full")
-    if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
-        raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
-    if cfg.optim.name != "sgd":
-        raise ConfigError(f"optim.name={cfg.optim.name!r}; valid: sgd")
-    if cfg.optim.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r}; valid: {', '.join(SCHEDULES)}")
-    if cfg.model.bn not in BN_MODES:
-        raise ConfigError(f"model.bn={cfg.model.bn!r}; valid: {', '.join(BN_MODES)}")
-    if cfg.train.data_epochs <= 0 or cfg.train.eval_every <= 0:
-        raise ConfigError("train.data_epochs and train.eval_every must be > 0")
-    if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(
-            f"train.precision={cfg.train.precision!r}; valid: {', '.join(PRECISIONS)}"
-        )
-    if cfg.launcher.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"launcher.device={cfg.launcher.device!r}; valid: auto, cpu, cuda")
-    if cfg.launcher.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("launcher.device=cuda but no CUDA device is visible; use auto or cpu")
+    """Refuse a configuration that cannot run, naming the problem and the valid choices
+    (value sets are checked once, when the config is parsed; this checks what depends
+    on this machine, the data and the protocol)."""
+    problem.check(cfg)
     uses_cuda = cfg.launcher.device == "cuda" or (
         cfg.launcher.device == "auto" and torch.cuda.is_available()
     )
+    if cfg.launcher.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("launcher.device=cuda but no CUDA device is visible; use auto or cpu")
     if uses_cuda and cfg.workers > torch.cuda.device_count() and _scheduler_tasks() <= 1:
         raise ConfigError(
             f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
@@ -89,20 +55,6 @@ def validate(cfg: RunConfig) -> None:
         netem.check(cfg.launcher.link, cfg.workers)
     if uses_cuda and cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision=bf16 but this GPU has no bf16; use fp32")
-    ds = load_dataset(cfg.data)  # a missing or corrupt data set fails here, not in a worker
-    per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train
-    if per_worker < cfg.data.batch_size:
-        raise ConfigError(
-            f"workers={cfg.workers} with data.batch_size={cfg.data.batch_size} leaves each worker "
-            f"{per_worker} of {cfg.data.name}'s {ds.num_train} training samples, less than one "
-            "batch; use fewer workers, a smaller batch, or data.sharding=full"
-        )
-    model = build(cfg, ds, torch.device("cpu"))
-    reason = protocols.get(cfg.protocol_name).supports(
-        cfg.protocol, problem_info(cfg, ds, model), cfg.workers
-    )
-    if reason:
-        raise ConfigError(reason)
 
 
 def _scheduler_tasks() -> int:
@@ -152,20 +104,33 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
     if skipped is not None:
         return skipped
     run = run_dir(cfg)
-    resume = cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step()
     rdv = _scheduler_rank()
     if rdv is not None:  # one task per rank: run our rank here
-        summary = run_task(rdv, cfg, run, bool(resume))
+        summary = run_task(rdv, cfg, run)
         if rdv.rank != 0:
             return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
     else:
-        _prepare(cfg, run, bool(resume))
+        prepare(cfg, run)
         summary = spawn_local(cfg, run)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
 
 
-def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir, resume: bool) -> dict[str, Any]:
+def prepare(cfg: RunConfig, run: RunDir) -> None:
+    """The one place a run folder is set up: resumed in place when a complete checkpoint
+    set is there (an earlier attempt's errors moved to ``attempts/``), otherwise made
+    afresh (an earlier unfinished attempt moved aside) with its config and environment."""
+    if cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step():
+        print(f"[resume] {run.path} from its last checkpoint")
+        run.archive_errors()
+        return
+    run.prepare()
+    run.write_config(cfg.to_dict())
+    device = str(pick_device(cfg.launcher.device, 0).type)
+    run.write_env(environment(cfg.workers, device, threads_per_worker(cfg)))
+
+
+def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     """This task's rank of a run whose ranks a scheduler started (SLURM via submitit).
 
     The scheduler's preemption / time-limit signal (submitit's, USR2 by default) makes
@@ -176,7 +141,7 @@ def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir, resume: bool) -> dict
     """
     started = time.perf_counter()
     if rdv.rank == 0:
-        _prepare(cfg, run, resume)
+        prepare(cfg, run)
     signum = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
     requested: list[int] = []
     requeue = signal.signal(signum, lambda sig, frame: requested.append(sig))
@@ -212,7 +177,7 @@ def _record_task_failure(
             "(kill -9, out of memory) or its node failed"
         )
     else:
-        error = _describe_failure(run, [])
+        error = describe_failure(run, Outcome())
     run.write_summary(failed_summary(cfg, error))
 
 
@@ -220,24 +185,13 @@ def failed_summary(cfg: RunConfig, error: str, **extra: Any) -> dict[str, Any]:
     """The summary of a run that did not finish."""
     return {
         "status": "failed",
-        "protocol": cfg.protocol_name,
+        "protocol": cfg.protocol.name,
         "workers": cfg.workers,
         "seed": cfg.seed,
         "data": cfg.data.name,
         "error": error,
         **extra,
     }
-
-
-def _prepare(cfg: RunConfig, run: RunDir, resume: bool = False) -> None:
-    if resume:  # continue in place from the checkpoint; keep the earlier attempt's errors
-        print(f"[resume] {run.path} from its last checkpoint")
-        run.archive_errors()
-        return
-    run.prepare()
-    run.write_config(cfg.to_dict())
-    device = str(pick_device(cfg.launcher.device, 0).type)
-    run.write_env(environment(cfg.workers, device, threads_per_worker(cfg)))
 
 
 def threads_per_worker(cfg: RunConfig) -> int:
@@ -251,18 +205,13 @@ def threads_per_worker(cfg: RunConfig) -> int:
 
 
 def worker(
-    rdv: Rendezvous,
-    cfg: RunConfig,
-    run_path: str,
-    netns: str | None = None,
-    stop: Callable[[], bool] | None = None,
+    rdv: Rendezvous, cfg: RunConfig, run_path: str, stop: Callable[[], bool] | None = None
 ) -> None:
-    """One rank: join the group, train, always tear down; an error is written for the launcher.
-    ``netns``: the network namespace of this rank on an emulated cluster; ``stop``: asked
-    at every round's end whether to checkpoint and stop (``Preempted``)."""
+    """One rank: join the group, train, always tear down; an error is written for the
+    launcher. ``stop``: asked at every round's end whether to checkpoint and stop
+    (``Preempted``)."""
     run = RunDir(run_path)
     try:
-        netem.enter(netns)
         torch.set_num_threads(threads_per_worker(cfg))
         local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
         device = pick_device(cfg.launcher.device, local_rank)
@@ -281,90 +230,31 @@ def worker(
         destroy_process_group()
 
 
-def _worker_entry(rdv: Rendezvous, cfg: RunConfig, run_path: str, netns: str | None = None) -> None:
-    """Process target. Exits with os._exit: results are already fsynced, and C++ static
-    teardown of gloo/store threads at interpreter exit can abort a finished worker."""
-    code = 0
-    try:
-        die_with_parent()  # never outlive the launcher (its kill -9 included)
-        worker(rdv, cfg, run_path, netns)
-    except BaseException:
-        code = 1  # the traceback is in error-rank<r>.txt
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def spawn_local(cfg: RunConfig, run: RunDir, poll_s: float = 0.05) -> dict[str, Any]:
+def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     """Start ``workers`` processes, watch them, and return the run's summary (with
     ``launcher.link``, every rank in its own namespace behind a shaped link)."""
-    with netem.endpoints(cfg.workers, cfg.launcher.link) as (host, spaces):
-        return _spawn(cfg, run, host, spaces, poll_s)
-
-
-def _spawn(
-    cfg: RunConfig, run: RunDir, host: str, spaces: list[str | None], poll_s: float
-) -> dict[str, Any]:
-    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker_entry,
-            args=(Rendezvous(r, cfg.workers, host, store.port), cfg, str(run.path), spaces[r]),
-            name=f"rank{r}",
-        )
-        for r in range(cfg.workers)
-    ]
-    started = time.perf_counter()
-    failed: list[tuple[int, int]] = []  # (rank, exit code) of the failures first seen
-    try:
-        for p in procs:
-            p.start()
-        while not failed and any(p.exitcode is None for p in procs):
-            time.sleep(poll_s)
-            failed = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode]
-    except KeyboardInterrupt:
-        failed = [(-1, -int(signal.SIGINT))]
-    finally:
-        _stop(procs)
-        del store
-    wall = time.perf_counter() - started
+    outcome = start_ranks(worker, cfg.workers, (cfg, str(run.path)), cfg.launcher.link)
     summary = run.read_summary()
-    if not failed and summary is not None:
-        return {**summary, "wall_s": wall}
-    summary = failed_summary(cfg, _describe_failure(run, failed), wall_s=wall)
+    if not (outcome.failed or outcome.interrupted) and summary is not None:
+        return {**summary, "wall_s": outcome.wall_s}
+    summary = failed_summary(cfg, describe_failure(run, outcome), wall_s=outcome.wall_s)
     run.write_summary(summary)
     return summary
 
 
-def _stop(procs: list[Any], grace_s: float = 3.0) -> None:
-    """Terminate every live worker; kill what does not exit within the grace period."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
-def _describe_failure(run: RunDir, failed: list[tuple[int, int]]) -> str:
+def describe_failure(run: RunDir, outcome: Outcome) -> str:
     """The root cause of a failed run.
 
     A rank killed by a signal (kill -9, the OOM killer) writes nothing, and its peers then
     fail on broken connections; so a signal death seen first wins, and otherwise the
     earliest error file written.
     """
-    for rank, code in failed:
-        if rank < 0:
-            return "interrupted by the user"
+    if outcome.interrupted:
+        return "interrupted by the user"
+    for rank, code in outcome.failed:
         if code < 0:
-            name = signal.Signals(-code).name
             return (
-                f"rank {rank} was killed by {name} (signal {-code}): "
-                "out of memory or killed externally"
+                f"rank {rank} was killed by {signal_name(code)}: out of memory or killed externally"
             )
     errors = sorted(run.error_files(), key=lambda f: f.stat().st_mtime_ns)
     if errors:
@@ -373,8 +263,8 @@ def _describe_failure(run: RunDir, failed: list[tuple[int, int]]) -> str:
         others = f"; then {', '.join(e.stem for e in errors[1:])}" if len(errors) > 1 else ""
         last = text[-1] if text else "unknown error"
         return f"{first.stem}: {last} (traceback in {first.name}{others})"
-    if failed:
-        return f"rank {failed[0][0]} exited with code {failed[0][1]}"
+    if outcome.failed:
+        return f"rank {outcome.failed[0][0]} exited with code {outcome.failed[0][1]}"
     return "workers exited without writing a summary"
 
 

@@ -1,10 +1,13 @@
-"""``python -m suite.run``: the Hydra application (the only module that sees Hydra).
+"""``python -m suite.run``: the Hydra application (the only entry point that sees Hydra).
 
 Examples::
 
     python -m suite.run                                        # the embedded default
     python -m suite.run -m protocol=ddp,localsgd workers=2,4,8  # a sweep, 6 runs
     python -m suite.run protocol=ddp workers=4 data=cifar10 data.root=/data
+
+Protocols, shipped and from installed plugins (``commbench.protocols`` entry points),
+are registered with Hydra before it composes (``suite.sweep.register``).
 """
 
 from __future__ import annotations
@@ -15,35 +18,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from protocols.resist import PAPER_MIN_DEPTH
-from suite.cluster import write_outcome
-from suite.config import ConfigError, RunConfig, parse_run_config
+from suite.config import ConfigError
 from suite.launch import execute
+from suite.sweep import register, run_config, write_outcome
 
-
-def paper_min_depth(workers: int) -> int:
-    """ResIST's minimum depth in the paper's tables, by worker count (``${paper_min_depth:..}``)."""
-    if int(workers) not in PAPER_MIN_DEPTH:
-        raise ConfigError(
-            f"the paper's presets define a minimum depth for workers in "
-            f"{sorted(PAPER_MIN_DEPTH)}, not {workers}; set protocol.min_depth yourself"
-        )
-    return PAPER_MIN_DEPTH[int(workers)]
-
-
-def register_resolvers() -> None:
-    """Config resolvers used by the presets in ``suite/conf/experiment``."""
-    OmegaConf.register_new_resolver("paper_min_depth", paper_min_depth, replace=True)
-
-
-def run_config(cfg: DictConfig) -> RunConfig:
-    """The composed Hydra config (without its ``hydra`` node) as typed dataclasses."""
-    register_resolvers()
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
-    return parse_run_config({str(k): v for k, v in values.items()})
+try:  # before Hydra composes: protocol=<plugin> must be a known choice
+    register()
+except ConfigError as err:  # a plugin that does not load: one line, not a traceback
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

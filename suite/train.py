@@ -4,28 +4,32 @@ Loss, data order, seeding, learning-rate schedule, evaluation cadence and timing
 the same for all protocols; a protocol only decides what is trained in a round and what
 is communicated (``protocols.base``). The clock covers training only: it stops for
 evaluation, and the reported time is the maximum over ranks (device sync first).
+
+``train`` reads as the loop; resuming, checkpointing, evaluating and the summary are
+the helpers below it, and everything the loop carries from step to step is one
+:class:`LoopState`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import protocols
-from protocols.base import OptimizerFactory, ProblemInfo
+from protocols.base import OptimizerFactory, Protocol
 from suite.checkpoint import Checkpoints
 from suite.config import OptimConfig, RunConfig
-from suite.data import ImageDataset, TrainBatches, eval_batches, load_dataset
+from suite.data import TrainBatches, eval_batches
 from suite.dist import Comm
-from suite.models import build_model
+from suite.problem import build_protocol, load_problem
 from suite.record import RunDir
 
 #: Comm's counters, saved and restored with a checkpoint.
@@ -69,12 +73,30 @@ class Budget:
         return int(self.epoch(step) / self.eval_every + 1e-9)
 
 
+@dataclass
+class LoopState:
+    """Everything the loop carries from round to round (and a checkpoint restores)."""
+
+    step: int = 0
+    rnd: int = 0
+    last_eval: int = 0  # evaluation points passed
+    rows: int = 0  # metric rows rank 0 has written
+    best_acc: float = -1.0
+    final: dict[str, Any] = field(default_factory=dict)  # the last metrics row
+    loss_count: int = 0  # steps since the last evaluation (their loss sum: Run.loss_sum)
+    clock: float = 0.0  # training seconds (evaluation excluded)
+    lr: float = 0.0
+
+
 def make_optimizer_factory(cfg: OptimConfig) -> OptimizerFactory:
-    """A function params → optimizer; protocols build optimizers with it."""
-    if cfg.name != "sgd":
-        raise ValueError(f"unknown optimizer {cfg.name!r}; valid: sgd")
+    """A function params → torch optimizer (SGD or AdamW); protocols build theirs with it."""
 
     def make(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        if cfg.name == "adamw":
+            betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+            return torch.optim.AdamW(
+                params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            )
         return torch.optim.SGD(
             params,
             lr=cfg.lr,
@@ -92,10 +114,8 @@ def learning_rate(cfg: OptimConfig, step: int, total: int) -> float:
         return cfg.lr
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
-    if cfg.schedule == "step":
-        passed = sum(step >= m * total for m in cfg.milestones)
-        return float(cfg.lr * cfg.gamma**passed)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: step, cosine, constant")
+    passed = sum(step >= m * total for m in cfg.milestones)
+    return float(cfg.lr * cfg.gamma**passed)
 
 
 @torch.no_grad()
@@ -118,8 +138,8 @@ def evaluate(
 class Clock:
     """Accumulated training time; stops while evaluating. Syncs the device when stopping."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.total = device, 0.0
+    def __init__(self, device: torch.device, total: float = 0.0) -> None:
+        self.device, self.total = device, total
         self._start: float | None = None
 
     def start(self) -> None:
@@ -133,24 +153,21 @@ class Clock:
             self._start = None
 
 
-def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemInfo:
-    return ProblemInfo(
-        model,
-        ds.name,
-        ds.num_train,
-        cfg.data.batch_size,
-        cfg.data.sharding,
-        cfg.seed,
-        ds.image_size,
-        cfg.train.data_epochs,
-    )
+@dataclass
+class Run:
+    """One rank's run: what the loop and its helpers share."""
 
-
-def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
-    """The shared model, seeded identically on every rank."""
-    torch.manual_seed(cfg.seed)
-    shape = tuple(ds.train_x.shape[1:])
-    return build_model(cfg.model, ds.in_channels, ds.num_classes, shape).to(device)
+    cfg: RunConfig
+    comm: Comm
+    device: torch.device
+    model: nn.Module
+    protocol: Protocol[Any]
+    batches: TrainBatches
+    test: list[tuple[torch.Tensor, torch.Tensor]]
+    budget: Budget
+    record: RunDir | None  # rank 0 writes metrics and summary
+    checkpoints: Checkpoints | None
+    loss_sum: torch.Tensor  # on the device: no host sync per step
 
 
 def train(
@@ -168,18 +185,55 @@ def train(
     With ``stop``, the ranks ask it at every round's end and agree: if any rank says yes,
     all save a checkpoint there and raise ``Preempted``.
     """
+    run = _set_up(cfg, comm, device, record, checkpoints)
+    state = _resume(run) if checkpoints is not None else LoopState()
+    clock, progress = Clock(device, state.clock), _progress(run, state.step)
+    started, status = time.time(), "completed"  # when this attempt's first step began
+    clock.start()
+    while state.step < run.budget.steps:
+        work = run.protocol.begin_round(state.rnd)
+        for _ in range(min(run.protocol.local_steps, run.budget.steps - state.step)):
+            _step(run, work, state)
+        run.protocol.end_round(state.rnd, work)
+        state.rnd += 1
+        if progress is not None:
+            progress.update(state.step - progress.n)
+        if run.budget.eval_index(state.step) > state.last_eval or state.step == run.budget.steps:
+            clock.stop()
+            if not _evaluate(run, state, clock):
+                status = "diverged"
+                break
+            if checkpoints is not None and state.step < run.budget.steps:
+                _save(run, state, clock)
+            clock.start()
+        if stop is not None and state.step < run.budget.steps and _agree(comm, stop()):
+            clock.stop()
+            if checkpoints is not None:
+                _save(run, state, clock)
+            raise Preempted(f"stopped at step {state.step} of {run.budget.steps} on request")
+    clock.stop()
+    if progress is not None:
+        progress.close()
+    return _finish(run, state, status, started)
+
+
+def _set_up(
+    cfg: RunConfig,
+    comm: Comm,
+    device: torch.device,
+    record: RunDir | None,
+    checkpoints: Checkpoints | None,
+) -> Run:
+    """Data, model (rank 0's weights on every rank), protocol, batches, budget."""
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    ds = load_dataset(cfg.data)
-    model = build(cfg, ds, device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    comm.broadcast_(list(model.state_dict().values()))  # identical start (not counted)
-    protocol = protocols.build(cfg.protocol)
-    protocol.setup(model, comm, make_optimizer_factory(cfg.optim), problem_info(cfg, ds, model))
+    problem = load_problem(cfg, device)
+    comm.broadcast_(list(problem.model.state_dict().values()))  # identical start (uncounted)
+    protocol = build_protocol(cfg)
+    protocol.setup(problem.model, comm, make_optimizer_factory(cfg.optim), problem.info)
     same = protocol.same_batch_on_all_ranks  # layer-parallel: every rank gets one batch
     batches = TrainBatches(
-        ds,
+        problem.data,
         0 if same else comm.rank,
         1 if same else comm.world_size,
         cfg.data.batch_size,
@@ -187,180 +241,66 @@ def train(
         cfg.seed,
         device,
         cfg.data.augment,
+        channels_last=cfg.train.channels_last,
     )
-    test = eval_batches(ds, cfg.data.eval_batch_size, device) if record is not None else []
-    budget = Budget.of(cfg, ds.num_train, same)
-    clock = Clock(device)
-    progress = _progress(budget.steps, cfg, record is not None)
-
-    step, rnd, last_eval, rows = 0, 0, 0, 0
+    test = eval_batches(problem.data, cfg.data.eval_batch_size, device) if record else []
+    budget = Budget.of(cfg, problem.data.num_train, same)
     loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    best_acc = -1.0
-    final: dict[str, Any] = {}
-    status = "completed"
-    state = _load_checkpoint(checkpoints, comm) if checkpoints is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        protocol.load_state_dict(state["protocol"])
-        batches.load_state_dict(state["batches"])
-        step, rnd, last_eval, rows, best_acc, final, loss_count = state["loop"]
-        loss_sum.copy_(state["loss_sum"])
-        clock.total = state["clock"]
-        for name, value in state["comm"].items():
-            setattr(comm, name, value)
-        torch.set_rng_state(state["rng"])
-        if record is not None:
-            record.truncate_metrics(rows)
-
-    def save(at: int) -> None:
-        """Every rank writes its state; rank 0 commits the set once all have (clock stopped)."""
-        assert checkpoints is not None
-        snapshot = {
-            "model": model.state_dict(),
-            "protocol": protocol.state_dict(),
-            "batches": batches.state_dict(),
-            "loop": (step, rnd, last_eval, rows, best_acc, final, loss_count),
-            "loss_sum": loss_sum.clone(),
-            "clock": clock.total,
-            "comm": {n: getattr(comm, n) for n in COMM_COUNTERS},
-            "rng": torch.get_rng_state(),
-        }
-        checkpoints.save(at, snapshot)
-        comm.barrier()  # every rank has written this step before it becomes latest
-        if comm.rank == 0:
-            checkpoints.commit(at, comm.world_size)
-
-    bf16 = cfg.train.precision == "bf16"
-    started = time.time()  # when this attempt's first step began (for launch latency)
-    clock.start()
-    while step < budget.steps:
-        work = protocol.begin_round(rnd)
-        for _ in range(min(protocol.local_steps, budget.steps - step)):
-            x, y = next(batches)
-            if cfg.train.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = learning_rate(cfg.optim, step, budget.steps)
-            for group in work.optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                loss = work.loss(x, y)
-            work.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            protocol.after_backward(work)
-            work.optimizer.step()
-            loss_sum += loss.detach()
-            loss_count += 1
-            step += 1
-        protocol.end_round(rnd, work)
-        rnd += 1
-        if progress is not None:
-            progress.update(step - progress.n)
-        if budget.eval_index(step) > last_eval or step == budget.steps:
-            clock.stop()
-            last_eval = budget.eval_index(step)
-            row = _measure(comm, clock, loss_sum, loss_count, rnd, step, budget, lr)
-            loss_sum.zero_()
-            loss_count = 0
-            with comm.uncounted():
-                protocol.gather_for_eval()
-            if record is not None:
-                row["test_loss"], row["test_acc"] = evaluate(protocol.eval_model(), test)
-                best_acc = max(best_acc, row["test_acc"])
-                record.append_metrics(row)
-                rows += 1
-                if progress is not None:
-                    progress.set_postfix(
-                        acc=f"{row['test_acc']:.3f}", loss=f"{row['train_loss']:.3f}"
-                    )
-            final = row
-            comm.barrier()
-            if not math.isfinite(row["train_loss"]):
-                status = "diverged"
-                break
-            if checkpoints is not None and step < budget.steps:
-                save(step)
-            clock.start()
-        if (
-            stop is not None
-            and step < budget.steps
-            and comm.reduce_stats([float(stop())], op="max")[0] > 0
-        ):
-            clock.stop()
-            if checkpoints is not None:
-                save(step)
-            raise Preempted(f"stopped at step {step} of {budget.steps} on request")
-    clock.stop()
-    if progress is not None:
-        progress.close()
-    stats = protocol.stats()
-    names = sorted(stats)
-    values = comm.reduce_stats([stats[n] for n in names], op="max") if names else []
-    summary = {
-        "status": status,
-        "protocol": cfg.protocol_name,
-        "workers": cfg.workers,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "final_test_acc": final.get("test_acc"),
-        "best_test_acc": best_acc if best_acc >= 0 else None,
-        "final_test_loss": final.get("test_loss"),
-        "train_s": final.get("train_s"),
-        "compute_s": final.get("compute_s"),
-        "comm_s": final.get("comm_s"),
-        "bytes": final.get("bytes"),
-        "bytes_moved": final.get("bytes_moved"),
-        "bytes_payload": final.get("bytes_payload"),
-        "steps": step,
-        "rounds": rnd,
-        "data_epochs": budget.epoch(step),
-        "protocol_stats": dict(zip(names, values, strict=True)),
-        "started_unix": started,
-    }
-    if record is not None:
-        record.write_summary(summary)
-        if checkpoints is not None:
-            checkpoints.remove()  # a finished run keeps its results, not its state
-    return TrainResult(summary, protocol.eval_model())
-
-
-def _load_checkpoint(checkpoints: Checkpoints, comm: Comm) -> dict[str, Any] | None:
-    """The newest checkpoint set that every rank can read, or None to start afresh.
-
-    A set that fails to load on any rank (truncated, garbled) is skipped for the one
-    before it, on all ranks alike; if none is readable the run stops with the reason.
-    """
-    candidates = checkpoints.candidates()
-    if not candidates:
-        return None
-    errors = []
-    for at in candidates:
-        try:
-            state: dict[str, Any] | None = checkpoints.load(at)
-        except RuntimeError as err:
-            state = None
-            errors.append(str(err))
-        if comm.reduce_stats([0.0 if state is not None else 1.0], op="max")[0] == 0:
-            if errors:
-                print(f"[resume] rank {comm.rank}: {'; '.join(errors)}; using step {at}")
-            return state
-    raise RuntimeError(
-        f"no readable checkpoint set among steps {candidates}"
-        + (f": {'; '.join(errors)}" if errors else " (unreadable on another rank)")
+    return Run(
+        cfg,
+        comm,
+        device,
+        problem.model,
+        protocol,
+        batches,
+        test,
+        budget,
+        record,
+        checkpoints,
+        loss_sum,
     )
 
 
-def _measure(
-    comm: Comm,
-    clock: Clock,
-    loss_sum: torch.Tensor,
-    loss_count: int,
-    rnd: int,
-    step: int,
-    budget: Budget,
-    lr: float,
-) -> dict[str, Any]:
+def _step(run: Run, work: Any, state: LoopState) -> None:
+    """One optimizer step of this worker's module, under the global schedule."""
+    x, y = next(run.batches)
+    state.lr = learning_rate(run.cfg.optim, state.step, run.budget.steps)
+    for group in work.optimizer.param_groups:
+        group["lr"] = state.lr
+    bf16 = run.cfg.train.precision == "bf16"
+    with torch.autocast(run.device.type, torch.bfloat16, enabled=bf16):
+        loss = work.loss(x, y)
+    work.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.protocol.after_backward(work)
+    work.optimizer.step()
+    run.loss_sum += loss.detach()
+    state.loss_count += 1
+    state.step += 1
+
+
+def _evaluate(run: Run, state: LoopState, clock: Clock) -> bool:
+    """Reduce the measurements, evaluate the global model on rank 0 and write the row
+    (clock stopped). False if the training loss is no longer finite."""
+    state.last_eval = run.budget.eval_index(state.step)
+    row = _measure(run, state, clock)
+    run.loss_sum.zero_()
+    state.loss_count = 0
+    with run.comm.uncounted():
+        run.protocol.gather_for_eval()
+    if run.record is not None:
+        row["test_loss"], row["test_acc"] = evaluate(run.protocol.eval_model(), run.test)
+        state.best_acc = max(state.best_acc, row["test_acc"])
+        run.record.append_metrics(row)
+        state.rows += 1
+    state.final = row
+    run.comm.barrier()
+    return math.isfinite(row["train_loss"])
+
+
+def _measure(run: Run, state: LoopState, clock: Clock) -> dict[str, Any]:
     """One metrics row, reduced over ranks (measurement collectives are not counted)."""
+    comm = run.comm
     (train_s,) = comm.reduce_stats([clock.total], op="max")
     rank_s, comm_s, nbytes, moved, payload, losses, count = comm.reduce_stats(
         [
@@ -369,29 +309,124 @@ def _measure(
             comm.bytes_paper,
             comm.bytes_moved,
             comm.bytes_payload,
-            float(loss_sum),
-            loss_count,
+            float(run.loss_sum),
+            state.loss_count,
         ]
     )
     world = comm.world_size
     return {
-        "round": rnd,
-        "step": step,
-        "epoch": budget.epoch(step),
+        "round": state.rnd,
+        "step": state.step,
+        "epoch": run.budget.epoch(state.step),
         "train_s": train_s,
         "compute_s": max(0.0, (rank_s - comm_s) / world),
         "comm_s": comm_s / world,
         "bytes": int(nbytes),
         "bytes_moved": int(moved),
         "bytes_payload": int(payload),
-        "lr": lr,
+        "lr": state.lr,
         "train_loss": losses / max(count, 1),
     }
 
 
-def _progress(total: int, cfg: RunConfig, is_rank0: bool) -> Any:
-    if not (is_rank0 and cfg.launcher.progress and sys.stderr.isatty()):
+def _agree(comm: Comm, mine: bool) -> bool:
+    """True on every rank if any rank says so (one tiny uncounted all-reduce)."""
+    return comm.reduce_stats([float(mine)], op="max")[0] > 0
+
+
+def _save(run: Run, state: LoopState, clock: Clock) -> None:
+    """Every rank writes its state; rank 0 commits the set once all have (clock stopped)."""
+    assert run.checkpoints is not None
+    state.clock = clock.total
+    snapshot = {
+        "model": run.model.state_dict(),
+        "protocol": run.protocol.state_dict(),
+        "batches": run.batches.state_dict(),
+        "loop": dataclasses.asdict(state),
+        "loss_sum": run.loss_sum.clone(),
+        "comm": {n: getattr(run.comm, n) for n in COMM_COUNTERS},
+        "rng": torch.get_rng_state(),
+    }
+    run.checkpoints.save(state.step, snapshot)
+    run.comm.barrier()  # every rank has written this step before it becomes latest
+    if run.comm.rank == 0:
+        run.checkpoints.commit(state.step, run.comm.world_size)
+
+
+def _resume(run: Run) -> LoopState:
+    """Restore the newest checkpoint set every rank can read; a fresh state if none.
+
+    A set that fails to load on any rank (truncated, garbled) is skipped for the one
+    before it, on all ranks alike; if none is readable the run stops with the reason.
+    """
+    assert run.checkpoints is not None
+    candidates = run.checkpoints.candidates()
+    if not candidates:
+        return LoopState()
+    errors = []
+    for at in candidates:
+        try:
+            snapshot: dict[str, Any] | None = run.checkpoints.load(at)
+        except RuntimeError as err:
+            snapshot = None
+            errors.append(str(err))
+        if not _agree(run.comm, snapshot is None):
+            assert snapshot is not None
+            if errors:
+                print(f"[resume] rank {run.comm.rank}: {'; '.join(errors)}; using step {at}")
+            run.model.load_state_dict(snapshot["model"])
+            run.protocol.load_state_dict(snapshot["protocol"])
+            run.batches.load_state_dict(snapshot["batches"])
+            for name, value in snapshot["comm"].items():
+                setattr(run.comm, name, value)
+            torch.set_rng_state(snapshot["rng"])
+            run.loss_sum.copy_(snapshot["loss_sum"])
+            state = LoopState(**snapshot["loop"])
+            if run.record is not None:
+                run.record.truncate_metrics(state.rows)
+            return state
+    raise RuntimeError(
+        f"no readable checkpoint set among steps {candidates}"
+        + (f": {'; '.join(errors)}" if errors else " (unreadable on another rank)")
+    )
+
+
+def _finish(run: Run, state: LoopState, status: str, started: float) -> TrainResult:
+    """The run's summary (rank 0 writes it and drops the checkpoints)."""
+    stats = run.protocol.stats()
+    names = sorted(stats)
+    values = run.comm.reduce_stats([stats[n] for n in names], op="max") if names else []
+    final = state.final
+    summary = {
+        "status": status,
+        "protocol": run.cfg.protocol.name,
+        "workers": run.cfg.workers,
+        "seed": run.cfg.seed,
+        "data": run.cfg.data.name,
+        "final_test_acc": final.get("test_acc"),
+        "best_test_acc": state.best_acc if state.best_acc >= 0 else None,
+        "final_test_loss": final.get("test_loss"),
+        **{k: final.get(k) for k in ("train_s", "compute_s", "comm_s")},
+        **{k: final.get(k) for k in ("bytes", "bytes_moved", "bytes_payload")},
+        "steps": state.step,
+        "rounds": state.rnd,
+        "data_epochs": run.budget.epoch(state.step),
+        "protocol_stats": dict(zip(names, values, strict=True)),
+        "started_unix": started,
+    }
+    if run.record is not None:
+        run.record.write_summary(summary)
+        if run.checkpoints is not None:
+            run.checkpoints.remove()  # a finished run keeps its results, not its state
+    return TrainResult(summary, run.protocol.eval_model())
+
+
+def _progress(run: Run, done: int) -> Any:
+    cfg = run.cfg
+    if not (run.record is not None and cfg.launcher.progress and sys.stderr.isatty()):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"{cfg.protocol_name} w{cfg.workers}", unit="step", leave=False)
+    bar = tqdm(total=run.budget.steps, desc=f"{cfg.protocol.name} w{cfg.workers}", unit="step")
+    bar.update(done)
+    return bar

@@ -5,9 +5,17 @@ Spawned workers unpickle its Config, which imports this module and registers it 
 
 from dataclasses import dataclass
 
-import protocols
-from protocols.base import Work
+from protocols.base import ProtocolConfig, Work
 from protocols.ddp import DDP
+
+
+@dataclass(frozen=True)
+class FaultyConfig(ProtocolConfig):
+    """Where to fail."""
+
+    name: str = "faulty"
+    fail_rank: int = 1
+    fail_round: int = 3
 
 
 class Faulty(DDP):
@@ -18,17 +26,10 @@ class Faulty(DDP):
     """
 
     name = "faulty"
-
-    @dataclass(frozen=True)
-    class Config:
-        name: str = "faulty"
-        fail_rank: int = 1
-        fail_round: int = 3
+    Config = FaultyConfig  # type: ignore[assignment]
+    equivalences = ()
 
     def begin_round(self, r: int) -> Work:
         if self.comm.rank == self.cfg.fail_rank and r == self.cfg.fail_round:
             raise RuntimeError(f"injected failure on rank {self.comm.rank} in round {r}")
         return super().begin_round(r)
-
-
-protocols.REGISTRY["faulty"] = Faulty

@@ -8,7 +8,7 @@ from typing import Any
 import protocols
 from protocols.base import ProblemInfo
 from suite.config import DataConfig, LaunchConfig, ModelConfig, RunConfig, TrainConfig
-from suite.dist import run_ranks
+from suite.spawn import run_ranks
 
 __all__ = ["problem", "run_ranks", "set_up", "shipped_protocols", "tiny_config"]
 
@@ -35,7 +35,8 @@ def problem(
     model: Any, batch_size: int = 16, num_train: int = 1437, image_size: int = 32, seed: int = 0
 ) -> ProblemInfo:
     """What a protocol is told about a digits-like problem (defaults: digits, batch 16)."""
-    return ProblemInfo(model, "digits", num_train, batch_size, "disjoint", seed, image_size)
+    shape = (1, image_size, image_size)
+    return ProblemInfo(model, "digits", num_train, batch_size, "disjoint", seed, shape)
 
 
 def set_up(proto: Any, model: Any, comm: Any, info: ProblemInfo | None = None) -> None:
@@ -47,7 +48,8 @@ def set_up(proto: Any, model: Any, comm: Any, info: ProblemInfo | None = None) -
 
 def shipped_protocols() -> list[str]:
     """Registered protocols that ship in ``protocols/`` (tests may register their own)."""
-    return sorted(n for n, c in protocols.REGISTRY.items() if c.__module__.startswith("protocols."))
+    registry = protocols.load_all()
+    return sorted(n for n, c in registry.items() if c.__module__.startswith("protocols."))
 
 
 def train_rank(rank: int, comm: Any, cfg: RunConfig) -> dict[str, Any]:

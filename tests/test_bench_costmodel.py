@@ -8,8 +8,10 @@ import pytest
 
 import protocols
 from protocols.base import float_state, nbytes
+from suite import costmodel as model_of_costs
 from suite.bench import costmodel
-from suite.bench.costmodel import Link, predict
+from suite.costmodel import Link, predict
+from suite.report.comm import paper_info
 from suite.models.resnet import preact_resnet
 
 
@@ -24,8 +26,8 @@ def test_a_round_costs_compute_plus_bytes_over_bandwidth_plus_latency_per_hop():
 
 
 def test_hops_follow_the_ring_and_resist_adds_its_exchanges():
-    assert [costmodel.hops("localsgd", s) for s in (2, 4, 8)] == [2, 6, 14]
-    assert costmodel.hops("resist", 4) == costmodel.hops("ddp", 4) + 2
+    assert [model_of_costs.hops("localsgd", s) for s in (2, 4, 8)] == [2, 6, 14]
+    assert model_of_costs.hops("resist", 4) == model_of_costs.hops("ddp", 4) + 2
 
 
 def _record(links: dict[str, float], fake_measured: bool) -> dict:
@@ -39,7 +41,7 @@ def _record(links: dict[str, float], fake_measured: bool) -> dict:
             )
             for name, step_ms, mb in (("localsgd", 20.0, 2.6), ("resist", 12.0, 1.3)):
                 loop_compute = 10 * step_ms
-                messages = costmodel.hops(name, workers)
+                messages = model_of_costs.hops(name, workers)
                 r = predict(step_ms / 1e3, 10, mb * 1e6, Link(bw, 1e-4), messages)
                 rows.append(
                     {
@@ -67,12 +69,14 @@ def test_the_check_finds_no_error_in_its_own_predictions_and_the_error_of_others
 
 def test_per_rank_bytes_come_from_each_protocols_own_accounting():
     model = preact_resnet(34, 10, 3, 1 / 16, "batch")
+    info = paper_info(model)
     theta = nbytes(float_state(model))
     local = protocols.parse_config({"name": "localsgd"})
-    assert costmodel.paper_bytes_per_rank("localsgd", local, model, 2) == theta  # ring: ×1
-    assert costmodel.paper_bytes_per_rank("localsgd", local, model, 4) == 1.5 * theta
+    per_rank = model_of_costs.paper_bytes_per_rank
+    assert per_rank("localsgd", local, info, 2) == theta  # ring: ×1
+    assert per_rank("localsgd", local, info, 4) == 1.5 * theta
     resist = protocols.parse_config({"name": "resist"})
-    assert costmodel.paper_bytes_per_rank("resist", resist, model, 2) < theta
+    assert per_rank("resist", resist, info, 2) < theta
 
 
 def test_quick_mode_projects_a_small_model_and_checks_given_measurements(tmp_path):

@@ -6,8 +6,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import protocols
-from suite.config import ConfigError, RunConfig, parse_run_config
-from suite.run import register_resolvers
+from suite.config import ConfigError, RunConfig
+from suite.problem import parse_run_config
+from suite.sweep import register
 
 CONF = Path(__file__).parent.parent / "suite" / "conf"
 
@@ -17,17 +18,27 @@ def _options(group):
 
 
 def _compose(overrides):
+    register()
     with initialize_config_module(config_module="suite.conf", version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
     values = OmegaConf.to_container(cfg, resolve=True)
     return parse_run_config(values)
 
 
-def test_every_protocol_has_a_config_file_and_vice_versa():
-    assert _options("protocol") == shipped_protocols()
+def test_every_protocol_is_a_choice_of_the_protocol_group_without_a_yaml():
+    """A protocol's Config dataclass is its schema (ConfigStore): no yaml to keep in step."""
+    from hydra.core.config_store import ConfigStore
+
+    register()
+    stored = {Path(name).stem for name in ConfigStore.instance().list("protocol")}
+    assert set(shipped_protocols()) <= stored
+    assert not (CONF / "protocol").exists()
+    for name in shipped_protocols():
+        cfg = _compose([f"protocol={name}"])
+        assert cfg.protocol == protocols.get(name).Config()  # the dataclass's defaults
 
 
-@pytest.mark.parametrize("protocol", _options("protocol"))
+@pytest.mark.parametrize("protocol", shipped_protocols())
 @pytest.mark.parametrize("data", _options("data"))
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_config_composes_into_typed_dataclasses(protocol, data, model):
@@ -79,7 +90,6 @@ def test_run_name_is_a_stable_hash_of_the_semantic_config():
 @pytest.mark.parametrize(("workers", "depth"), [(2, 11), (4, 6), (8, 4)])
 @pytest.mark.parametrize("data", ["cifar10", "cifar100"])
 def test_paper_presets(method, workers, depth, data):
-    register_resolvers()
     cfg = _compose(
         [f"+experiment={method}_cifar", f"workers={workers}", f"data={data}", "data.root=/d"]
     )
@@ -94,7 +104,6 @@ def test_paper_presets(method, workers, depth, data):
 
 
 def test_paper_preset_refuses_other_worker_counts():
-    register_resolvers()
     with pytest.raises(Exception, match="minimum depth for workers in"):
         _compose(["+experiment=resist_cifar", "workers=3", "data.root=/d"])
 

@@ -12,7 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 import protocols
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
-from suite.train import build, make_optimizer_factory, problem_info, train
+from suite.problem import build, problem_info
+from suite.train import make_optimizer_factory, train
 
 CPU = torch.device("cpu")
 

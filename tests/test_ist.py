@@ -12,10 +12,10 @@ from protocols.ist import IST, partition_neurons
 from suite.config import DataConfig, ModelConfig
 from suite.data import load_dataset
 from suite.data.audio import SPEECH_WORDS, speech_split
-from suite.data.loader import seeded_generator
 from suite.dist import Comm
 from suite.launch import execute
 from suite.models.mlp import MLP
+from suite.seeding import seeded_generator
 from suite.train import train
 
 CPU = torch.device("cpu")
@@ -245,7 +245,7 @@ def test_real_runs_learn_and_record_the_formula(tmp_path, workers):
     summary = execute(cfg)
     assert summary["status"] == "completed" and summary["final_test_acc"] > 0.8, summary
     model = MLP(64, 256, 2, 10, "ist")
-    per_round = IST.paper_bytes_per_round(cfg.protocol, model, workers)
+    per_round = IST.paper_bytes_per_round(cfg.protocol, problem(model), workers)
     assert summary["bytes"] == summary["rounds"] * per_round
     # each worker gets 1/S of the first and last layers' weights and of its BN entries
     h = 256 // workers

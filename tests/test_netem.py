@@ -18,8 +18,8 @@ from helpers import tiny_config
 
 from suite import netem
 from suite.config import ConfigError, ModelConfig
-from suite.dist import run_ranks
 from suite.launch import execute, validate
+from suite.spawn import run_ranks
 
 CAN_NETEM = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
 needs_netem = pytest.mark.skipif(

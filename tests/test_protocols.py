@@ -24,7 +24,7 @@ def _info(model, batch=16):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_class_contract(name):
-    cls = protocols.REGISTRY[name]
+    cls = protocols.get(name)
     assert cls.name == name and cls.__doc__ and len(cls.__doc__.splitlines()) >= 3
     cfg = protocols.parse_config({"name": name})
     assert cfg.name == name
@@ -46,7 +46,7 @@ def _model_config_for(name):
             num_classes=10,
             input_shape=(1, 8, 8),
         )
-        if protocols.REGISTRY[name].supports(cfg, _info(model), 1) is None:
+        if protocols.get(name).supports(cfg, _info(model), 1) is None:
             return overrides, model
     raise AssertionError(f"{name} supports none of the shared models")
 
@@ -81,9 +81,9 @@ def test_one_round_and_state_round_trip(name):
 def test_supports_refuses_impossible_settings():
     model = preact_resnet(18, 10, width=1 / 16)
     single = protocols.parse_config({"name": "single"})
-    assert "exactly one worker" in protocols.REGISTRY["single"].supports(single, _info(model), 2)
+    assert "exactly one worker" in protocols.get("single").supports(single, _info(model), 2)
     bad = protocols.parse_config({"name": "localsgd", "local_steps": 0})
-    assert "local_steps must be >= 1" in protocols.REGISTRY["localsgd"].supports(
+    assert "local_steps must be >= 1" in protocols.get("localsgd").supports(
         bad, _info(model), 2
     )
 

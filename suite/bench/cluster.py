@@ -29,7 +29,8 @@ import torch.distributed as dist
 from suite import netem
 from suite.bench import round_floats, rounds, write_record
 from suite.config import ConfigError
-from suite.dist import Comm, run_ranks
+from suite.dist import Comm
+from suite.spawn import run_ranks
 
 LOOPBACK = "loopback"
 

@@ -27,62 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 import protocols
 from protocols.resist import PAPER_MIN_DEPTH, share_sizes
 from suite.bench import round_floats, write_record
-from suite.models.flops import count_macs, sub_resnet_macs
+from suite.costmodel import TRAIN_FLOPS_PER_MAC, V100_TFLOPS, Link, hops, predict, project
 from suite.models.resnet import preact_resnet
+from suite.report.comm import paper_info, paper_model
 
-#: Assumed sustained fp32 FLOP rate of one V100 on this workload. An assumption, not a
-#: measurement: about half the V100's 15.7 TFLOP/s fp32 peak (NVIDIA's ResNet-50 fp32
-#: training, ~390 images/s × 24.6 GFLOP, is ~9.6 TFLOP/s; CIFAR's small maps use it less).
-V100_TFLOPS = 8.0
 PAPER = {"batch": 128, "local_steps": 50, "data_epochs": 160, "num_train": 50_000}
-TRAIN_FLOPS_PER_MAC = 6  # 2 FLOPs per MAC; backward ≈ 2× forward
-
-
-@dataclass(frozen=True)
-class Link:
-    """A worker's link as the collectives see it."""
-
-    bandwidth_bps: float  # bits per second, each direction
-    latency_s: float  # per sequential message (hop)
-
-
-@dataclass(frozen=True)
-class Round:
-    """Predicted time of one round, by part."""
-
-    compute_s: float
-    transfer_s: float
-    latency_s: float
-
-    @property
-    def total_s(self) -> float:
-        return self.compute_s + self.transfer_s + self.latency_s
-
-
-def predict(
-    step_s: float, local_steps: float, bytes_per_rank: float, link: Link, hops: int
-) -> Round:
-    """round = ℓ · t_step + B_rank · 8 / bandwidth + α · hops."""
-    return Round(
-        local_steps * step_s, bytes_per_rank * 8 / link.bandwidth_bps, hops * link.latency_s
-    )
-
-
-def hops(protocol: str, workers: int) -> int:
-    """Sequential messages per round: one ring all-reduce (2(S-1) hops), plus the
-    protocol's point-to-point exchanges (ResIST: reduce, then hand out)."""
-    return 2 * (workers - 1) + protocols.get(protocol).point_to_point_hops
 
 
 def error_pct(predicted: float, measured: float) -> float:
@@ -151,71 +106,6 @@ def check_compute_ratio(record: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def paper_bytes_per_rank(name: str, cfg: Any, model: nn.Module, workers: int) -> float:
-    """Bytes each rank sends per round, from the protocol's own ``paper_bytes_per_round``:
-    its per-rank share (÷ 2S), with the all-reduced part carried by a ring (× 2(S-1)/S)."""
-    protocol = protocols.get(name)
-    total = protocol.paper_bytes_per_round(cfg, model, workers)
-    p2p = protocol.paper_bytes_point_to_point(cfg, model, workers)
-    ring = 2 * (workers - 1) / workers
-    return (total - p2p) / (2 * workers) * ring + p2p / (2 * workers)
-
-
-def project(
-    model: nn.Module,
-    image_size: int,
-    workers: tuple[int, ...],
-    tflops: float,
-    link: Link,
-    min_depth: dict[int, int],
-    setting: dict[str, Any] = PAPER,
-) -> list[dict[str, Any]]:
-    """Predicted round and training time of ddp, localsgd and resist in a GPU setting."""
-    x = torch.randn(2, 3, image_size, image_size)
-    full = count_macs(model, x) / 2
-    num_blocks = len(model.partitionable_blocks())  # type: ignore[operator]
-    rows: list[dict[str, Any]] = []
-    for s in workers:
-        steps = math.ceil(setting["data_epochs"] * setting["num_train"] / (setting["batch"] * s))
-        ell = setting["local_steps"]
-        depth = max(share_sizes(num_blocks, s, min_depth.get(s, 0)))  # the slowest worker
-        configs: dict[str, tuple[dict[str, Any], float, int]] = {
-            "ddp": ({"name": "ddp"}, full, 1),
-            "localsgd": ({"name": "localsgd", "local_steps": ell}, full, ell),
-            "resist": (
-                {"name": "resist", "local_steps": ell, "min_depth": min_depth.get(s, 0)},
-                sub_resnet_macs(model, x, depth) / 2,
-                ell,
-            ),
-        }
-        for name, (values, macs, local) in configs.items():
-            cfg = protocols.parse_config(values)
-            step_s = TRAIN_FLOPS_PER_MAC * macs * setting["batch"] / (tflops * 1e12)
-            per_rank = paper_bytes_per_rank(name, cfg, model, s)
-            cost = predict(step_s, local, per_rank, link, hops(name, s))
-            num_rounds = math.ceil(steps / local)
-            rows.append(
-                {
-                    "workers": s,
-                    "protocol": name,
-                    "blocks": depth if name == "resist" else num_blocks,
-                    "macs_per_image": macs,
-                    "step_compute_s": step_s,
-                    "MB_per_rank_per_round": per_rank / 1e6,
-                    "round_compute_s": cost.compute_s,
-                    "round_comm_s": cost.transfer_s + cost.latency_s,
-                    "round_latency_s": cost.latency_s,
-                    "round_s": cost.total_s,
-                    "rounds": num_rounds,
-                    "train_s": num_rounds * cost.total_s,
-                }
-            )
-    by = {(r["workers"], r["protocol"]): r for r in rows}
-    for r in rows:
-        r["speedup_vs_localsgd"] = by[(r["workers"], "localsgd")]["train_s"] / r["train_s"]
-    return rows
-
-
 def calibrate(projection: list[dict[str, Any]], paper: dict[tuple[str, int], float]) -> None:
     """Where the paper reports local SGD's time: the effective link bandwidth that would
     make the model reproduce it (compute as assumed), and ResIST's time and speedup on that
@@ -268,24 +158,43 @@ def main(argv: list[str] | None = None) -> None:
         for key in record:
             record[key] += data.get(key, [])
     checks, ratios = check(record), check_compute_ratio(record)
-    model: nn.Module
     workers: tuple[int, ...]
     if args.quick:  # ResNet-34 at width 1/16: five partitionable blocks
-        model, workers, depth = preact_resnet(34, 10, 3, 1 / 16, "batch"), (2, 4), {}
+        info = paper_info(preact_resnet(34, 10, 3, 1 / 16, "batch"))
+        workers, depth = (2, 4), {}
         label = "stand-in: preact_resnet34 width 1/16, CIFAR-10 shape"
     else:
-        from suite.report.comm import paper_model
-
-        model, workers, depth = paper_model(10), (2, 4, 8), PAPER_MIN_DEPTH
+        info, workers, depth = paper_info(paper_model(10)), (2, 4, 8), PAPER_MIN_DEPTH
         label = "pre-act ResNet-101 (paper), CIFAR-10"
     link = Link(args.gbit * 1e9, args.latency_us * 1e-6)
-    projection = project(model, 32, workers, args.tflops, link, depth)
+    projection = []
+    for s in workers:
+        ell = PAPER["local_steps"]
+        configs = [
+            protocols.parse_config(values)
+            for values in (
+                {"name": "ddp"},
+                {"name": "localsgd", "local_steps": ell},
+                {"name": "resist", "local_steps": ell, "min_depth": depth.get(s, 0)},
+            )
+        ]
+        rows = project(info, configs, s, args.tflops, link, PAPER)
+        base = next(r for r in rows if r["protocol"] == "localsgd")
+        blocks = len(info.model.partitionable_blocks())  # type: ignore[operator]
+        for r in rows:
+            r["speedup_vs_localsgd"] = base["train_s"] / r["train_s"]
+            r["blocks"] = (
+                max(share_sizes(blocks, s, depth.get(s, 0)))
+                if r["protocol"] == "resist"
+                else blocks
+            )
+        projection += rows
     paper = reported_times()
     for r in projection:
         reported_s = paper.get((r["protocol"], r["workers"]))
         r["reported_train_s"] = reported_s
-        base = paper.get(("localsgd", r["workers"]))
-        r["reported_speedup"] = base / reported_s if reported_s and base else None
+        local_s = paper.get(("localsgd", r["workers"]))
+        r["reported_speedup"] = local_s / reported_s if reported_s and local_s else None
     calibrate(projection, paper)
     assumptions = {
         "tflops_per_gpu": args.tflops,

@@ -43,9 +43,11 @@ from suite.bench import write_record
 from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
-from suite.dist import Comm, flatten, run_ranks, unflatten_into
+from suite.dist import Comm, flatten, unflatten_into
 from suite.launch import execute, threads_per_worker
-from suite.train import build, make_optimizer_factory, problem_info
+from suite.problem import build, problem_info
+from suite.spawn import run_ranks
+from suite.train import make_optimizer_factory
 
 
 class _Batches:

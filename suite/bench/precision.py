@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from suite.bench import write_record
 from suite.config import RunConfig
 from suite.data import TrainBatches, load_dataset
-from suite.train import build, make_optimizer_factory
+from suite.problem import build
+from suite.train import make_optimizer_factory
 
 VARIANTS = {  # name: (bf16 autocast, channels_last)
     "fp32": (False, False),

@@ -35,8 +35,8 @@ from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
 from suite.data import load_dataset
 from suite.launch import execute
 from suite.models.flops import count_macs, sub_resnet_macs
+from suite.problem import build
 from suite.record import RunDir
-from suite.train import build
 
 
 def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:

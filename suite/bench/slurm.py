@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from suite.bench import write_record
-from suite.cluster import OUTCOME
 from suite.record import RunDir
+from suite.sweep import OUTCOME
 
 
 def _sacct_times(job: str) -> tuple[float, float]:

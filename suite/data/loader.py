@@ -20,14 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from suite.data.datasets import ImageDataset
-
-
-def seeded_generator(*seeds: int) -> torch.Generator:
-    """A CPU generator seeded by a stable mix of integers (same on every rank)."""
-    value = 0
-    for s in seeds:  # a simple, stable mix of the integers (no Python hash randomisation)
-        value = (value * 1_000_003 + int(s) + 1) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+from suite.seeding import seeded_generator
 
 
 class Normalizer:
@@ -76,6 +69,7 @@ class TrainBatches:
         seed: int,
         device: torch.device,
         augment: bool = True,
+        channels_last: bool = False,
     ) -> None:
         if sharding not in ("disjoint", "full"):
             raise ValueError(f"sharding must be 'disjoint' or 'full', got {sharding!r}")
@@ -86,6 +80,7 @@ class TrainBatches:
         self.labels = ds.train_y.to(device)
         self.normalize = Normalizer(ds, device)
         self.augment = augment and (ds.crop_padding > 0 or ds.flip)
+        self.channels_last = channels_last and ds.train_x.dim() == 4
         self.aug_gen = seeded_generator(seed, rank, 7)
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order()
@@ -116,7 +111,10 @@ class TrainBatches:
         x = self.images[idx]
         if self.augment:
             x = augment(x, self.ds.crop_padding, self.ds.flip, self.aug_gen)
-        return self.normalize(x), self.labels[idx]
+        x = self.normalize(x)
+        if self.channels_last:  # NHWC, as the convolutions' weights are
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx]
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the data order and augmentation RNG state, for resuming."""

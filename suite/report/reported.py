@@ -53,21 +53,13 @@ def preset_overrides(row: Any) -> list[str]:
     return out + str(row.overrides or "").split()
 
 
-@cache
 def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
-    """A preset as the command line composes it: its flattened semantic config."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    """A preset's flattened semantic config."""
+    from suite.config import flatten_config
+    from suite.problem import parse_run_config
+    from suite.sweep import compose
 
-    from suite.config import flatten_config, parse_run_config
-    from suite.run import register_resolvers
-
-    register_resolvers()
-    with initialize_config_module(config_module="suite.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
-    return flatten_config(parse_run_config({str(k): v for k, v in values.items()}).semantic_dict())
+    return flatten_config(parse_run_config(compose(overrides)).semantic_dict())
 
 
 def matching(runs: pd.DataFrame, expected: dict[str, Any], any_workers: bool) -> pd.DataFrame:
@@ -153,28 +145,19 @@ def _projected(row: Any, workers: int | None, expected: dict[str, Any]) -> float
 def _projection(
     protocol: str, workers: int, data: str, batch: int, ell: int, epochs: float, depth: int
 ) -> float | None:
-    from suite.bench import costmodel
+    import protocols
+    from suite.costmodel import Link, project
+    from suite.report.comm import paper_info, paper_model
 
     classes = {"cifar10": 10, "cifar100": 100}.get(data)
     if classes is None:
         return None
-    link = costmodel.Link(PROJECTION["link_gbit"] * 1e9, PROJECTION["latency_us_per_hop"] * 1e-6)
-    setting: dict[str, Any] = {
-        "batch": batch,
-        "local_steps": ell,
-        "data_epochs": epochs,
-        "num_train": 50_000,
-    }
-    tflops = PROJECTION["tflops_per_gpu"]
-    rows = costmodel.project(
-        _model(classes), 32, (workers,), tflops, link, {workers: depth}, setting
-    )
-    got = [r["train_s"] for r in rows if r["protocol"] == protocol]
-    return float(got[0]) if got and math.isfinite(got[0]) else None
-
-
-@cache
-def _model(classes: int) -> Any:
-    from suite.report.comm import paper_model
-
-    return paper_model(classes)
+    link = Link(PROJECTION["link_gbit"] * 1e9, PROJECTION["latency_us_per_hop"] * 1e-6)
+    setting = {"batch": batch, "data_epochs": epochs, "num_train": 50_000}
+    values: dict[str, Any] = {"name": protocol, "local_steps": ell}
+    if depth:
+        values["min_depth"] = depth
+    cfg = protocols.parse_config(values)
+    info = paper_info(paper_model(classes), batch)
+    (row,) = project(info, [cfg], workers, PROJECTION["tflops_per_gpu"], link, setting)
+    return float(row["train_s"]) if math.isfinite(row["train_s"]) else None

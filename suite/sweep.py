@@ -1,0 +1,125 @@
+"""Hydra at the edge: what the command line composes from, and what a sweep reports.
+
+- :func:`register` puts every protocol's ``Config`` (shipped and plugin alike) into
+  Hydra's ConfigStore under the ``protocol`` group, so ``protocol=<name>`` needs no
+  yaml, and registers the resolvers protocols' presets use. It runs before Hydra
+  composes (``suite.run`` calls it on import), also inside every SLURM task.
+- :func:`run_config` turns a composed ``DictConfig`` into the typed :class:`RunConfig`.
+- :class:`SweepSummary` ends a multirun with its completed, failed, diverged and
+  skipped runs; every sweep job writes its line with :func:`write_outcome`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+import protocols
+from suite.config import RunConfig
+from suite.problem import parse_run_config
+from suite.record import atomic_write_text
+
+OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
+STATUSES = ("completed", "failed", "diverged", "skipped")
+
+
+def register() -> None:
+    """Every registered protocol's Config in the ConfigStore, and the presets' resolvers
+    (idempotent)."""
+    store = ConfigStore.instance()
+    for name, cls in sorted(protocols.load_all().items()):
+        defaults = _plain(dataclasses.asdict(cls.Config()))
+        if cls.default_model is None:
+            store.store(group="protocol", name=name, node=defaults)
+        else:  # choose its model family too, from the global package
+            node = {"defaults": [{"override /model": cls.default_model}], "protocol": defaults}
+            store.store(group="protocol", name=name, node=node, package="_global_")
+        for resolver, fn in cls.resolvers().items():
+            OmegaConf.register_new_resolver(resolver, fn, replace=True)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists (OmegaConf stores lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@cache
+def compose(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The config ``python -m suite.run <overrides>`` composes (resolved, a plain dict),
+    e.g. a paper preset for the report."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register()
+    with initialize_config_module(config_module="suite.conf", version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    return {str(k): v for k, v in values.items()}
+
+
+def run_config(cfg: DictConfig) -> RunConfig:
+    """The composed Hydra config (without its ``hydra`` node) as typed dataclasses."""
+    register()
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    return parse_run_config({str(k): v for k, v in values.items()})
+
+
+def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
+    """One sweep job's outcome, for ``SweepSummary``."""
+    keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir")
+    outcome = {k: summary.get(k) for k in keys}
+    if summary.get("skipped"):
+        outcome["status"] = "skipped"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+
+
+def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's outcome of a sweep, in job order (``unknown`` where none was written)."""
+    jobs = sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    rows = []
+    for folder in jobs:
+        try:
+            row = json.loads((folder / OUTCOME).read_text())
+        except (OSError, ValueError):
+            row = {"status": "unknown", "error": f"no outcome in {folder}"}
+        rows.append({"job": int(folder.name), **row})
+    return rows
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: how many runs completed, failed, diverged or were skipped."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = read_outcomes(sweep_dir)
+        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+        counts["other"] = len(rows) - sum(counts.values())
+        atomic_write_text(
+            sweep_dir / "sweep_summary.json",
+            json.dumps({"counts": counts, "runs": rows}, indent=2) + "\n",
+        )
+        print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        for r in rows:
+            acc = r.get("final_test_acc")
+            what = f"acc {acc:.4f}" if isinstance(acc, float) else (r.get("error") or "")
+            print(
+                f"  #{r['job']} {r['status']:9} {r.get('protocol')} w{r.get('workers')} "
+                f"s{r.get('seed')} {what}"
+            )
