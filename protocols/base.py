@@ -129,8 +129,9 @@ class Protocol(ABC, Generic[C]):
     bytes_not_stated: ClassVar[str | None] = None
     #: Degenerate cases this protocol claims; ``suite.testing`` checks each.
     equivalences: ClassVar[tuple[Equivalence, ...]] = ()
-    #: The model family it needs by default (``model=<this>`` is selected with it).
-    default_model: ClassVar[str | None] = None
+    #: Config-group choices that come with it (``protocol=ist`` selects ``model=mlp``,
+    #: ``protocol=diloco`` the paper's inner ``optim=adamw``); the command line overrides.
+    selects: ClassVar[Mapping[str, str]] = {}
     #: Sequential point-to-point messages per round besides the all-reduces (cost model).
     point_to_point_hops: ClassVar[int] = 0
 

@@ -125,7 +125,7 @@ class IST(Protocol[ISTConfig]):
     Config = ISTConfig
     title = "IST"
     style = ("#d55e00", "D")
-    default_model = "mlp"
+    selects = {"model": "mlp"}
     equivalences = (
         Equivalence(
             "at one worker: plain SGD (momentum-free: a fresh optimizer every round)",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import json
 import types
@@ -22,8 +21,16 @@ class ConfigError(ValueError):
     """A configuration that cannot run; raised before any worker process starts."""
 
 
-@functools.cache
+_LITERALS: dict[type, dict[str, tuple[Any, ...]]] = {}
+
+
 def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    if cls not in _LITERALS:
+        _LITERALS[cls] = _find_literals(cls)
+    return _LITERALS[cls]
+
+
+def _find_literals(cls: type) -> dict[str, tuple[Any, ...]]:
     hints = typing.get_type_hints(cls)
     return {
         f.name: typing.get_args(hints[f.name])

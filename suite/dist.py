@@ -149,13 +149,17 @@ class Comm:
 
     def all_reduce_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Average tensors across ranks in place, as one flat buffer (one collective)."""
+        self.all_reduce_(tensors, mean=True)
+
+    def all_reduce_(self, tensors: Sequence[torch.Tensor], mean: bool = False) -> None:
+        """Sum (or average) tensors across ranks in place, as one flat buffer."""
         if self.world_size == 1 or not tensors:
             return
         flat = flatten(tensors)
         nbytes = flat.numel() * flat.element_size()
         ring = 2 * 2 * (self.world_size - 1) * nbytes // self.world_size
         self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes, ring)
-        unflatten_into(flat.div_(self.world_size), tensors)
+        unflatten_into(flat.div_(self.world_size) if mean else flat, tensors)
 
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from

@@ -101,6 +101,7 @@ def start_ranks(
 
 def stop(procs: list[Any], grace_s: float = 3.0) -> None:
     """Terminate every live process; kill what does not exit within the grace period."""
+    procs = [p for p in procs if p.pid is not None]  # never started: nothing to stop
     for p in procs:
         if p.is_alive():
             p.terminate()

@@ -36,10 +36,11 @@ def register() -> None:
     store = ConfigStore.instance()
     for name, cls in sorted(protocols.load_all().items()):
         defaults = _plain(dataclasses.asdict(cls.Config()))
-        if cls.default_model is None:
+        if not cls.selects:
             store.store(group="protocol", name=name, node=defaults)
-        else:  # choose its model family too, from the global package
-            node = {"defaults": [{"override /model": cls.default_model}], "protocol": defaults}
+        else:  # choose its model family or optimizer too, from the global package
+            choices = [{f"override /{group}": option} for group, option in cls.selects.items()]
+            node = {"defaults": choices, "protocol": defaults}
             store.store(group="protocol", name=name, node=node, package="_global_")
         for resolver, fn in cls.resolvers().items():
             OmegaConf.register_new_resolver(resolver, fn, replace=True)

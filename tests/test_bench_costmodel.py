@@ -11,8 +11,8 @@ from protocols.base import float_state, nbytes
 from suite import costmodel as model_of_costs
 from suite.bench import costmodel
 from suite.costmodel import Link, predict
-from suite.report.comm import paper_info
 from suite.models.resnet import preact_resnet
+from suite.report.comm import paper_info
 
 
 def test_a_round_costs_compute_plus_bytes_over_bandwidth_plus_latency_per_hop():

@@ -45,7 +45,8 @@ def test_every_config_composes_into_typed_dataclasses(protocol, data, model):
     cfg = _compose([f"protocol={protocol}", f"data={data}", f"model={model}"])
     assert isinstance(cfg, RunConfig)
     assert cfg.protocol_name == protocol and cfg.data.name == data
-    assert cfg.launcher.device == "auto" and cfg.optim.name == "sgd"
+    assert cfg.launcher.device == "auto"
+    assert cfg.optim.name == protocols.get(protocol).selects.get("optim", "sgd")
 
 
 def test_embedded_default():
@@ -117,6 +118,21 @@ def test_speech_presets(method, layers, hidden):
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.data.batch_size) == (0.01, 0.0, 128)
     if method != "ddp":
         assert cfg.protocol.local_steps == 20
+
+
+def test_optimizers_are_a_group_and_protocols_may_select_one():
+    adamw = _compose(["optim=adamw"]).optim
+    assert (adamw.name, adamw.lr, adamw.weight_decay, adamw.betas) == (
+        "adamw",
+        1e-3,
+        0.01,
+        (0.9, 0.999),
+    )
+    assert _compose(["protocol=diloco"]).optim.name == "adamw"  # the paper's inner optimizer
+    assert _compose(["protocol=diloco", "optim=sgd"]).optim.name == "sgd"  # the user's choice wins
+    # Fields an optimizer does not read are not part of a run's identity.
+    a, b = _compose([]), _compose(["+optim.betas=[0.5,0.5]"])
+    assert a.run_name() == b.run_name()
 
 
 def test_ist_selects_the_mlp_and_other_protocols_keep_the_resnet():
