@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from protocols.base import Equivalence, ProblemInfo, Protocol, RoundsConfig, Work, float_state, nbytes
+from protocols.base import (
+    Equivalence,
+    ProblemInfo,
+    Protocol,
+    RoundsConfig,
+    Work,
+    float_state,
+    nbytes,
+)
 from suite.dist import flatten, unflatten_into
 
 
