@@ -29,52 +29,46 @@ from typing import Any
 import torch
 
 import protocols
-from protocols.resist import share_sizes
 from suite.bench import write_record
-from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
-from suite.data import load_dataset
+from suite.config import RunConfig
 from suite.launch import execute
-from suite.models.flops import count_macs, sub_resnet_macs
-from suite.problem import build
+from suite.problem import load_problem, parse_run_config
 from suite.record import RunDir
+from suite.sweep import compose
 
 
-def implied_ratio(cfg: RunConfig, workers: int, min_depth: int) -> float:
-    """MACs of the largest ResIST sub-ResNet (the round waits for it) over the full network."""
-    ds = load_dataset(cfg.data)
-    model = build(cfg, ds, torch.device("cpu"))
-    x = torch.randn(2, ds.in_channels, ds.image_size, ds.image_size)  # BN needs 2 samples
-    num_blocks = len(model.partitionable_blocks())  # type: ignore[operator]
-    depth = max(share_sizes(num_blocks, workers, min_depth))  # the slowest sub-ResNet
-    return sub_resnet_macs(model, x, depth) / count_macs(model, x)
+def implied_ratio(cfg: RunConfig, workers: int) -> float:
+    """The compute of a worker's step relative to the full model's, as the protocol
+    states it from multiply-accumulates (``compute_fraction``; ResIST: its largest
+    sub-ResNet, which the round waits for)."""
+    info = load_problem(cfg, torch.device("cpu")).info
+    return protocols.get(cfg.protocol.name).compute_fraction(cfg.protocol, info, workers)
 
 
 def _config(
     name: str, workers: int, args: argparse.Namespace, results: str, link: str | None = None
 ) -> RunConfig:
-    values: dict[str, Any] = {"name": name}
-    if name in ("localsgd", "resist", "ist"):
-        values["local_steps"] = args.local_steps
-    if name in ("localsgd", "resist"):
-        values["optimizer_state"] = "reset"
-    if name == "resist":
-        values["min_depth"] = args.min_depth
-    model = ModelConfig()
+    """The run of protocol ``name`` as the command line composes it (with what the
+    protocol selects, e.g. DiLoCo's AdamW), at the bench's ℓ, model and budget."""
+    cls = protocols.get(name)
+    knobs = {f.name for f in dataclasses.fields(cls.Config)}
+    overrides = [f"protocol={name}", f"workers={workers}", f"train.data_epochs={args.data_epochs}"]
+    overrides += [f"train.eval_every={args.eval_every}", "train.checkpoint=false"]
+    overrides += ["launcher.device=cpu", "launcher.progress=false", f"results_dir={results}"]
+    overrides += ["force=true"]
+    if link is not None:
+        overrides.append(f"launcher.link={link}")
+    if "local_steps" in knobs:
+        overrides.append(f"protocol.local_steps={args.local_steps}")
+    if "optimizer_state" in knobs:  # the ResIST code rebuilds its optimizer every round
+        overrides.append("protocol.optimizer_state=reset")
+    if "min_depth" in knobs:
+        overrides.append(f"protocol.min_depth={args.min_depth}")
     if args.model == "mlp":
-        model = ModelConfig(name="mlp", hidden=args.hidden, layers=2, variant="ist")
-    return dataclasses.replace(
-        RunConfig(protocol=protocols.parse_config(values)),
-        workers=workers,
-        model=model,
-        train=TrainConfig(
-            data_epochs=args.data_epochs,
-            eval_every=args.eval_every,
-            checkpoint=False,  # off the clock anyway; saves the writes
-        ),
-        launcher=LaunchConfig(device="cpu", progress=False, link=link),
-        results_dir=results,
-        force=True,
-    )
+        overrides += ["model=mlp", f"model.hidden={args.hidden}", "model.layers=2"]
+    else:
+        overrides.append("model=preact_resnet")
+    return parse_run_config(compose(tuple(overrides)))
 
 
 def time_to_target(rows: list[dict[str, Any]], target: float) -> float | None:
@@ -131,9 +125,7 @@ def measure(workers: int, args: argparse.Namespace, link: str | None = None) -> 
     if "resist" in med and "localsgd" in med:
         row["measured_ratio"] = med["resist"]["round_s"] / med["localsgd"]["round_s"]
         row["compute_ratio_measured"] = med["resist"]["compute_s"] / med["localsgd"]["compute_s"]
-        row["implied_ratio"] = implied_ratio(
-            _config("resist", workers, args, "unused"), workers, args.min_depth
-        )
+        row["implied_ratio"] = implied_ratio(_config("resist", workers, args, "unused"), workers)
     row["all"] = {
         n: {k: v for k, v in d.items() if k in ("round_s", "compute_s", "comm_s", "tta_s")}
         for n, d in per_round.items()
