@@ -29,7 +29,7 @@ from suite.checkpoint import Checkpoints
 from suite.config import OptimConfig, RunConfig
 from suite.data import TrainBatches, eval_batches
 from suite.dist import Comm
-from suite.problem import build_protocol, load_problem
+from suite.problem import build_protocol, load_problem, model_is_conv
 from suite.record import RunDir
 
 #: Comm's counters, saved and restored with a checkpoint.
@@ -241,7 +241,7 @@ def _set_up(
         cfg.seed,
         device,
         cfg.data.augment,
-        channels_last=cfg.train.channels_last,
+        channels_last=cfg.train.channels_last and model_is_conv(problem.model),
     )
     test = eval_batches(problem.data, cfg.data.eval_batch_size, device) if record else []
     budget = Budget.of(cfg, problem.data.num_train, same)
