@@ -115,6 +115,10 @@ class AuxNet(Protocol[AuxNetConfig]):
             "a serial warm-up over the whole budget: backpropagation, as one worker",
             "single",
             mine={"warmup_epochs": 1000.0},
+            # Each step is bitwise backpropagation in either memory layout; over many steps
+            # channels-last's other float summation order drifts in this tiny network (as
+            # it does between two one-process runs), so the chain is compared in NCHW.
+            run={"train": {"channels_last": False}},
             their_run={"workers": 1},
             atol=1e-5,
             same_bytes=False,
@@ -187,6 +191,12 @@ class AuxNet(Protocol[AuxNetConfig]):
         self.k, self.size = comm.rank, comm.world_size
         units: list[nn.Module] = model.units()  # type: ignore[operator]
         device = next(model.parameters()).device
+        self.nhwc = any(  # the model computes in channels-last (train.channels_last)
+            p.dim() == 4
+            and not p.is_contiguous()
+            and p.is_contiguous(memory_format=torch.channels_last)
+            for p in model.parameters()
+        )
         self.cuts, shapes = self.plan(self.cfg, info, self.size)
         bounds = [*self.cuts, len(units)]
         self.modules_ = [nn.Sequential(*units[a:b]) for a, b in itertools.pairwise(bounds)]
@@ -236,22 +246,40 @@ class AuxNet(Protocol[AuxNetConfig]):
         if self.k == 0:
             inp = x
         else:
-            inp = torch.empty(batch, *self.in_shape, device=x.device)
-            self.comm.exchange({}, {self.k - 1: inp})
-            inp.requires_grad_(True)
+            wire = self._buffer(batch, self.in_shape, x.device)
+            self.comm.exchange({}, {self.k - 1: wire})
+            inp = self._unwire(wire).requires_grad_(True)
         self._input = inp if self.k > 0 else None
         h = self.module(inp)
         if self.k + 1 < self.size:
             assert self.out_shape is not None
-            grad = torch.empty(batch, *self.out_shape, device=x.device)
-            self.comm.exchange({self.k + 1: h.detach().contiguous()}, {})
-            self.comm.exchange({}, {self.k + 1: grad})
+            wire = self._buffer(batch, self.out_shape, x.device)
+            self.comm.exchange({self.k + 1: self._wire(h.detach())}, {})
+            self.comm.exchange({}, {self.k + 1: wire})
+            grad = self._unwire(wire)
             loss = (h * grad).sum()  # backward of this surrogate is backprop of the chain
         else:
             loss = F.cross_entropy(h, y)
         self.times["forward"] += time.perf_counter() - t0
         self._mark = time.perf_counter()
         return loss
+
+    # The serial phase sends activations and gradients in the layout the model computes
+    # in (NHWC under train.channels_last): the receiving module then sees the same memory
+    # layout as in one process, so the pipeline is backpropagation to the last bit.
+    def _wire(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as a contiguous buffer in the model's layout."""
+        return t.permute(0, 2, 3, 1).contiguous() if self.nhwc and t.dim() == 4 else t.contiguous()
+
+    def _buffer(self, batch: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A receive buffer for a batch of ``shape`` (C, H, W) in the model's layout."""
+        if self.nhwc and len(shape) == 3:
+            return torch.empty(batch, shape[1], shape[2], shape[0], device=device)
+        return torch.empty(batch, *shape, device=device)
+
+    def _unwire(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) tensor a received buffer holds (a view, no copy)."""
+        return buffer.permute(0, 3, 1, 2) if self.nhwc and buffer.dim() == 4 else buffer
 
     def _objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The local loss of this rank's module (and AuxNet) on the shared batch."""
@@ -320,7 +348,7 @@ class AuxNet(Protocol[AuxNetConfig]):
         self.times["backward"] += time.perf_counter() - self._mark
         if self._input is not None:  # a serial step: hand the input gradient down
             assert self._input.grad is not None
-            self.comm.exchange({self.k - 1: self._input.grad.contiguous()}, {})
+            self.comm.exchange({self.k - 1: self._wire(self._input.grad)}, {})
             self._input = None
 
     def end_round(self, r: int, work: Work) -> None:

@@ -11,6 +11,7 @@ garbled on disk) is skipped for the previous one, never half-used.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -56,10 +57,17 @@ class Checkpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(step)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        buffer = io.BytesIO()  # serialised first: a full disk then says so (ENOSPC), where
+        torch.save(state, buffer)  # torch's zip writer would only report a wrong position
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: no partial file left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def commit(self, step: int, world_size: int) -> None:
         """Rank 0, once every rank saved ``step``: make it the latest, keep the set before it

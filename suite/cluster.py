@@ -20,10 +20,12 @@ at the first failed job:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import open_dict
 
 from suite.config import ConfigError, RunConfig
-from suite.launch import failed_summary, run_dir, skip_completed, validate
-from suite.sweep import run_config, write_outcome
+from suite.launch import RunBusy, failed_summary, run_dir, run_lock, skip_completed
+from suite.sweep import sweep_points, write_outcome
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,11 @@ class SweepSlurmLauncher(SlurmLauncher):
                         "(GPUs per node) or max_tasks_per_node instead"
                     )
             gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
-            jobs = [self._job(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+            points = sweep_points(self, job_overrides, initial_job_idx)
+            jobs = [
+                _Job(initial_job_idx + i, list(o), cfg, folder)
+                for i, (o, (cfg, folder)) in enumerate(zip(job_overrides, points, strict=True))
+            ]
             layouts = [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -128,64 +133,86 @@ class SweepSlurmLauncher(SlurmLauncher):
 
         returns: dict[int, JobReturn] = {}
         pending: dict[Layout, list[_Job]] = {}
+        locks = contextlib.ExitStack()  # one set of workers per run folder, for the sweep
         for job, shape in zip(jobs, layouts, strict=True):
             skipped = skip_completed(job.cfg)
             if skipped is not None:
                 returns[job.num] = _job_return(job, skipped)
-            else:
-                pending.setdefault(shape, []).append(job)
-
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = submitit.AutoExecutor(
-            folder=params.pop("submitit_folder"),
-            cluster="slurm",
-            slurm_max_num_timeout=params.pop("max_num_timeout"),
-        )
-        base = {"timeout_min", "cpus_per_task", "mem_gb", "name", "stderr_to_stdout"}
-        params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
-        submitted: list[tuple[_Job, Any]] = []
-        for shape, group in pending.items():
-            executor.update_parameters(
-                **params,
-                nodes=shape.nodes,
-                tasks_per_node=shape.tasks_per_node,
-                gpus_per_node=shape.gpus_per_node,
-            )
-            args = [
-                (
-                    j.overrides,
-                    "hydra.sweep.dir",
-                    j.num,
-                    f"job_id_for_{j.num}",
-                    Singleton.get_state(),
-                )
-                for j in group
-            ]
-            handles = executor.map_array(self, *zip(*args, strict=True))
-            for j, handle in zip(group, handles, strict=True):
-                log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
-                print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
-                submitted.append((j, handle))
-
-        for job, handle in submitted:  # wait for all; a failed job never stops the sweep
+                continue
             try:
-                returns[job.num] = handle.results()[0]
-            except Exception as err:
-                returns[job.num] = _job_return(job, _failure(job, handle, err))
+                locks.enter_context(run_lock(job.cfg))
+            except RunBusy as busy:
+                print(f"[busy] {busy}")
+                returns[job.num] = _job_return(job, {"status": "busy", "error": str(busy)})
+                continue
+            pending.setdefault(shape, []).append(job)
+
+        with locks:  # released when every job has ended
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            executor = submitit.AutoExecutor(
+                folder=params.pop("submitit_folder"),
+                cluster="slurm",
+                slurm_max_num_timeout=params.pop("max_num_timeout"),
+            )
+            base = {"timeout_min", "cpus_per_task", "mem_gb", "name", "stderr_to_stdout"}
+            params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
+            submitted: list[tuple[_Job, Any]] = []
+            for shape, group in pending.items():
+                executor.update_parameters(
+                    **params,
+                    nodes=shape.nodes,
+                    tasks_per_node=shape.tasks_per_node,
+                    gpus_per_node=shape.gpus_per_node,
+                )
+                args = [
+                    (
+                        j.overrides,
+                        "hydra.sweep.dir",
+                        j.num,
+                        f"job_id_for_{j.num}",
+                        Singleton.get_state(),
+                    )
+                    for j in group
+                ]
+                handles = executor.map_array(self, *zip(*args, strict=True))
+                for j, handle in zip(group, handles, strict=True):
+                    log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
+                    print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
+                    submitted.append((j, handle))
+
+            wait_for(handle for _, handle in submitted)
+            for job, handle in submitted:  # a failed job never stops the sweep
+                try:
+                    returns[job.num] = handle.results()[0]
+                except Exception as err:
+                    returns[job.num] = _job_return(job, _failure(job, handle, err))
         return [returns[j.num] for j in jobs]
 
-    def _job(self, num: int, overrides: Sequence[str]) -> _Job:
-        """A sweep point's config, checked here, before any job is submitted."""
-        assert self.config is not None and self.hydra_context is not None
-        sweep = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(sweep):
-            sweep.hydra.job.num = num
-            folder = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
-            del sweep["hydra"]
-        cfg = run_config(sweep)
-        validate(cfg)
-        return _Job(num, list(overrides), cfg, folder)
+
+def wait_for(handles: Iterable[Any], poll_s: float = 2.0) -> None:
+    """Wait until every job has ended, with one line each time the counts change:
+    how many are done, failed, running and pending (SLURM's states, via submitit)."""
+    handles = list(handles)
+    last = ""
+    while True:
+        states = [str(h.state).split()[0] if h.done() else str(h.state) for h in handles]
+        done = sum(h.done() for h in handles)
+        failed = sum(
+            h.done() and s not in ("COMPLETED",) for h, s in zip(handles, states, strict=True)
+        )
+        running = sum(s == "RUNNING" for s in states)
+        line = (
+            f"[slurm] {len(handles)} jobs: {done - failed} done, {failed} failed, "
+            f"{running} running, {len(handles) - done - running} pending"
+        )
+        if line != last:
+            print(line, flush=True)
+            log.info(line)
+            last = line
+        if done == len(handles):
+            return
+        time.sleep(poll_s)
 
 
 def _failure(job: _Job, handle: Any, err: BaseException) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class TrainConfig(Checked):
     data_epochs: float = 6.0
     eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
     deterministic: bool = False
-    checkpoint: bool = True  # save state at each evaluation; resume a run that stopped
+    checkpoint: bool = True  # save state as it goes; resume a run that stopped
+    checkpoint_every: float = 1.0  # data-epochs between checkpoints (and at a stop signal)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under autocast
     channels_last: bool = True  # conv weights and image batches in NHWC (no effect on MLPs)
 
@@ -139,6 +140,16 @@ class LaunchConfig(Checked):
 
 
 @dataclass(frozen=True)
+class LoggerConfig(Checked):
+    """Where metrics also go, besides ``metrics.jsonl`` (always the source of truth)."""
+
+    name: Literal["none", "tensorboard", "wandb", "csv"] = "none"
+    project: str = "commbench"  # wandb's project
+    group: str | None = None  # wandb's group; a multirun sets it to its sweep's name
+    mode: Literal["offline", "online"] = "offline"  # wandb: offline needs no network
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One run: a protocol on a model and data set with a number of workers and a seed."""
 
@@ -150,6 +161,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LaunchConfig = field(default_factory=LaunchConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     results_dir: str = "results"
     force: bool = False
 
@@ -202,7 +214,7 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     """
     d = copy.deepcopy(config)
     launcher = d.pop("launcher", None) or {}
-    for key in ("results_dir", "force"):
+    for key in ("results_dir", "force", "logger"):
         d.pop(key, None)
     train = d.get("train", {})
     for key in ("checkpoint", "checkpoint_every"):

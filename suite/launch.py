@@ -3,25 +3,31 @@
 Locally a run is ``workers`` real processes (``suite.spawn``; gloo on CPU, NCCL on GPUs)
 that the launcher watches: the first worker to fail (exception, kill -9, out of memory)
 makes it stop the others at once and mark the run ``failed`` with that worker's error,
-so a crash never hangs. When a scheduler already started one task per rank (submitit
-with ``tasks_per_node=workers`` on SLURM), each task runs its rank directly. The
-training code does not know which path started it.
+so a crash never hangs. When something else already started one process per rank,
+each process runs its rank directly: submitit with ``tasks_per_node=workers`` on SLURM,
+or ``torchrun --nproc_per_node=<workers> -m suite.run ...`` (the standard ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; rank 0 writes the run
+folder). The training code does not know which path started it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from suite import netem, problem
+from suite import loggers, netem, problem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
@@ -32,10 +38,61 @@ from suite.train import Preempted, train
 log = logging.getLogger("suite")
 
 
+class RunBusy(ConfigError):
+    """The run folder is in use by another launcher (the same run started twice)."""
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig) -> Iterator[None]:
+    """Hold the run's lock while its workers run, so that one set of workers ever writes
+    a run folder: an exclusive ``flock`` on ``<results_dir>/.locks/<run name>.lock``,
+    released by the kernel when the holder exits (kill -9 included). A second launcher
+    of the same run is refused with ``RunBusy``, naming the one that runs it."""
+    folder = Path(cfg.results_dir).resolve() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cfg.run_name()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another process"
+            raise RunBusy(
+                f"{cfg.run_name()} is already running ({holder}); wait for it to end or stop "
+                "it, then run again (a completed run is skipped, a stopped one resumes)"
+            ) from None
+        os.ftruncate(fd, 0)
+        command = " ".join(sys.argv)[:300]
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}: {command}".encode()
+        )
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Refuse a results folder that cannot be written, in one line, before anything starts."""
+    path = Path(results_dir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"results_dir={results_dir} cannot be written ({err.strerror or err}); "
+            "choose a writable folder, e.g. results_dir=$HOME/results"
+        ) from None
+
+
 def validate(cfg: RunConfig) -> None:
     """Refuse a configuration that cannot run, naming the problem and the valid choices
     (value sets are checked once, when the config is parsed; this checks what depends
     on this machine, the data and the protocol)."""
+    check_writable(cfg.results_dir)
+    loggers.check(cfg)
     problem.check(cfg)
     uses_cuda = cfg.launcher.device == "cuda" or (
         cfg.launcher.device == "auto" and torch.cuda.is_available()
@@ -47,8 +104,15 @@ def validate(cfg: RunConfig) -> None:
             f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
             "needs one GPU per rank; use fewer workers or launcher.device=cpu"
         )
+    started = _scheduler_tasks()
+    if started > 1 and started != cfg.workers:
+        raise ConfigError(
+            f"workers={cfg.workers} but {started} processes were started for this run (one "
+            f"per rank, by torchrun or the scheduler); use workers={started}, or start "
+            f"{cfg.workers}"
+        )
     if cfg.launcher.link is not None:
-        if _scheduler_tasks() > 1:
+        if started > 1:
             raise ConfigError(
                 "launcher.link emulates a cluster on one machine; not under a scheduler"
             )
@@ -57,8 +121,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.precision=bf16 but this GPU has no bf16; use fp32")
 
 
-def _scheduler_tasks() -> int:
-    """How many tasks the scheduler started for this job (1 outside submitit / SLURM)."""
+#: The standard distributed environment torchrun (and a hand-written srun script) sets.
+TORCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _submitit_tasks() -> int:
+    """How many tasks submitit's scheduler started for this job (1 outside one)."""
     try:
         import submitit
 
@@ -67,18 +135,35 @@ def _scheduler_tasks() -> int:
         return 1
 
 
-def _scheduler_rank() -> Rendezvous | None:
-    """This task's rank when a scheduler started one task per worker (submitit / SLURM);
-    exports MASTER_ADDR, RANK, ... for the process group."""
-    if _scheduler_tasks() <= 1:
-        return None
-    import submitit
+def _torchrun_world() -> int:
+    """The world size of a torchrun-style start (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
+    and ``MASTER_PORT`` set: each process is one rank), else 0."""
+    if all(key in os.environ for key in TORCH_ENV):
+        return int(os.environ["WORLD_SIZE"])
+    return 0
 
-    dist_env = submitit.helpers.TorchDistributedEnvironment()
-    # Every task sees all of its node's GPUs and picks cuda:LOCAL_RANK (pick_device);
-    # narrowing CUDA_VISIBLE_DEVICES here would come after CUDA was already initialised.
-    dist_env.export(set_cuda_visible_devices=False, overwrite=True)
-    return Rendezvous(dist_env.rank, dist_env.world_size)
+
+def _scheduler_tasks() -> int:
+    """How many processes something else started for this run, one per rank (submitit on
+    SLURM, or torchrun): 1 when the suite starts its own workers."""
+    tasks = _submitit_tasks()
+    return tasks if tasks > 1 else max(1, _torchrun_world())
+
+
+def _scheduler_rank() -> Rendezvous | None:
+    """This process's rank when a scheduler started one process per worker: submitit on
+    SLURM (which exports MASTER_ADDR, RANK, ... here), or torchrun (which set them)."""
+    if _submitit_tasks() > 1:
+        import submitit
+
+        dist_env = submitit.helpers.TorchDistributedEnvironment()
+        # Every task sees all of its node's GPUs and picks cuda:LOCAL_RANK (pick_device);
+        # narrowing CUDA_VISIBLE_DEVICES here would come after CUDA was already initialised.
+        dist_env.export(set_cuda_visible_devices=False, overwrite=True)
+        return Rendezvous(dist_env.rank, dist_env.world_size)
+    if _torchrun_world() > 1:
+        return Rendezvous(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    return None
 
 
 def run_dir(cfg: RunConfig) -> RunDir:
@@ -105,13 +190,18 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         return skipped
     run = run_dir(cfg)
     rdv = _scheduler_rank()
-    if rdv is not None:  # one task per rank: run our rank here
-        summary = run_task(rdv, cfg, run)
+    if rdv is not None:  # one process per rank: run our rank here
+        # Under SLURM our launcher holds the run's lock; under torchrun rank 0 takes it
+        # (if busy it exits, and torchrun stops the other ranks).
+        lock = rdv.rank == 0 and _submitit_tasks() <= 1
+        with run_lock(cfg) if lock else contextlib.nullcontext():
+            summary = run_task(rdv, cfg, run)
         if rdv.rank != 0:
             return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
     else:
-        prepare(cfg, run)
-        summary = spawn_local(cfg, run)
+        with run_lock(cfg):
+            prepare(cfg, run)
+            summary = spawn_local(cfg, run)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
 
@@ -205,15 +295,22 @@ def threads_per_worker(cfg: RunConfig) -> int:
 
 
 def worker(
-    rdv: Rendezvous, cfg: RunConfig, run_path: str, stop: Callable[[], bool] | None = None
+    rdv: Rendezvous,
+    cfg: RunConfig,
+    run_path: str,
+    stop: Callable[[], bool] | None = None,
+    local_rank: int | None = None,
 ) -> None:
     """One rank: join the group, train, always tear down; an error is written for the
     launcher. ``stop``: asked at every round's end whether to checkpoint and stop
-    (``Preempted``)."""
+    (``Preempted``). ``local_rank`` picks the GPU: the scheduler's ``LOCAL_RANK`` when
+    it started the process (None), the rank itself for the suite's own workers (an
+    inherited ``LOCAL_RANK`` must not put them all on one GPU)."""
     run = RunDir(run_path)
     try:
         torch.set_num_threads(threads_per_worker(cfg))
-        local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
+        if local_rank is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", rdv.rank))
         device = pick_device(cfg.launcher.device, local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -224,22 +321,58 @@ def worker(
     except Preempted:
         raise
     except BaseException:
-        (run.path / f"error-rank{rdv.rank}.txt").write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):  # a full disk: the launcher hears it by pipe
+            (run.path / f"error-rank{rdv.rank}.txt").write_text(traceback.format_exc())
         raise
     finally:
         destroy_process_group()
 
 
+def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
+    """A rank the suite spawned itself: its GPU is its rank (round robin)."""
+    worker(rdv, cfg, run_path, local_rank=rdv.rank)
+
+
 def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     """Start ``workers`` processes, watch them, and return the run's summary (with
     ``launcher.link``, every rank in its own namespace behind a shaped link)."""
-    outcome = start_ranks(worker, cfg.workers, (cfg, str(run.path)), cfg.launcher.link)
+    tail = LogTail(run.log_file)
+    log.info(
+        "[start] %s workers=%d seed=%d -> %s", cfg.protocol.name, cfg.workers, cfg.seed, run.path
+    )
+    outcome = start_ranks(
+        local_worker, cfg.workers, (cfg, str(run.path)), cfg.launcher.link, on_poll=tail.relay
+    )
     summary = run.read_summary()
     if not (outcome.failed or outcome.interrupted) and summary is not None:
         return {**summary, "wall_s": outcome.wall_s}
     summary = failed_summary(cfg, describe_failure(run, outcome), wall_s=outcome.wall_s)
     run.write_summary(summary)
     return summary
+
+
+class LogTail:
+    """Relays the lines rank 0 appends to ``run.log`` to this process's ``suite`` logger
+    (under Hydra: the console and the job's log file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0  # a resume: new lines only
+        self.partial = ""
+
+    def relay(self) -> None:
+        try:
+            with open(self.path) as f:
+                f.seek(self.offset)
+                text = f.read()
+                self.offset = f.tell()
+        except OSError:
+            return
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()  # an unfinished line waits for its end
+        for line in lines:
+            if line:
+                log.info(line)
 
 
 def describe_failure(run: RunDir, outcome: Outcome) -> str:
@@ -259,10 +392,15 @@ def describe_failure(run: RunDir, outcome: Outcome) -> str:
     errors = sorted(run.error_files(), key=lambda f: f.stat().st_mtime_ns)
     if errors:
         first = errors[0]
+        rank = int(first.stem.removeprefix("error-rank"))
         text = first.read_text().strip().splitlines()
         others = f"; then {', '.join(e.stem for e in errors[1:])}" if len(errors) > 1 else ""
-        last = text[-1] if text else "unknown error"
+        # The pipe's line when the file is empty: the disk may have been full.
+        last = text[-1] if text else outcome.errors.get(rank, "unknown error")
         return f"{first.stem}: {last} (traceback in {first.name}{others})"
+    if outcome.errors:  # no error file at all
+        rank = min(outcome.errors)
+        return f"rank {rank}: {outcome.errors[rank]}"
     if outcome.failed:
         return f"rank {outcome.failed[0][0]} exited with code {outcome.failed[0][1]}"
     return "workers exited without writing a summary"

@@ -97,8 +97,10 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"workers must be an integer in 1..{MAX_WORKERS}, got {cfg.workers!r}")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
-    if cfg.train.data_epochs <= 0 or cfg.train.eval_every <= 0:
-        raise ConfigError("train.data_epochs and train.eval_every must be > 0")
+    if min(cfg.train.data_epochs, cfg.train.eval_every, cfg.train.checkpoint_every) <= 0:
+        raise ConfigError(
+            "train.data_epochs, train.eval_every and train.checkpoint_every must be > 0"
+        )
     problem = load_problem(cfg, torch.device("cpu"))  # a missing data set fails here
     ds = problem.data
     per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train

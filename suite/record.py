@@ -52,13 +52,18 @@ def _clean(value: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see the old content or the new, never a partial one."""
+    """Write a file so readers see the old content or the new, never a partial one (and
+    no temporary file is left behind when the write fails, e.g. on a full disk)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunDir:
@@ -70,6 +75,7 @@ class RunDir:
         self.env = self.path / "env.json"
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
+        self.log_file = self.path / "run.log"
 
     def read_summary(self) -> dict[str, Any] | None:
         """The summary, or None when absent or unreadable."""
@@ -100,6 +106,11 @@ class RunDir:
             f.write(json.dumps(_clean(row)) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def log(self, line: str) -> None:
+        """Append a progress line to ``run.log`` (the launcher relays it to its log)."""
+        with open(self.log_file, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
 
     def truncate_metrics(self, rows: int) -> None:
         """Keep the first ``rows`` metric rows (those a resumed run's checkpoint covers)."""

@@ -12,16 +12,18 @@ are registered with Hydra before it composes (``suite.sweep.register``).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from suite.config import ConfigError
-from suite.launch import execute
+from suite.launch import RunBusy, check_writable, execute
 from suite.sweep import register, run_config, write_outcome
 
 try:  # before Hydra composes: protocol=<plugin> must be a known choice
@@ -33,17 +35,53 @@ except ConfigError as err:  # a plugin that does not load: one line, not a trace
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Turn the composed config into typed dataclasses and run it."""
+    """Turn the composed config into typed dataclasses and run it.
+
+    Exit status of a single run: 0 completed or diverged (a result; the summary line
+    says which), 1 failed, 2 refused before any worker started (invalid configuration,
+    the same run already running). A multirun runs every point, ends with its summary,
+    and then exits 1 if any point failed or was busy (``suite.sweep.SweepSummary``).
+    """
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = Path(hydra_cfg.runtime.output_dir)
     try:
-        summary = execute(run_config(cfg))
+        run = run_config(cfg)
+        if multirun and run.logger.group is None:  # wandb: a sweep is a group
+            group = Path(str(hydra_cfg.sweep.dir)).name
+            run = dataclasses.replace(run, logger=dataclasses.replace(run.logger, group=group))
+        summary = execute(run)
+    except RunBusy as err:
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print(f"[busy] {err}")  # the sweep goes on; its summary counts this point
+        summary = {"status": "busy", "error": str(err), "protocol": run.protocol.name}
+        summary |= {"workers": run.workers, "seed": run.seed}
     except ConfigError as err:
         # A clear one-line refusal, before any worker process starts.
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if summary.get("rank", 0) == 0:  # one line per sweep job for the sweep's summary
-        write_outcome(Path(HydraConfig.get().runtime.output_dir), summary)
+        write_outcome(folder, summary)
+    if summary.get("status") == "failed" and not multirun:
+        raise SystemExit(1)
     return summary
 
 
+def _refuse_unwritable_results(argv: list[str]) -> None:
+    """Hydra creates its log folder under results_dir before any code of ours runs, and
+    fails there with a traceback: check the folder first and refuse in one line."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("results_dir=")]
+    for results in given[-1:] or ["results"]:
+        for value in results.split(","):  # a sweep over result folders
+            try:
+                check_writable(value)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
+    _refuse_unwritable_results(sys.argv[1:])
     main()

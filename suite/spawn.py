@@ -10,6 +10,7 @@ signal, the OOM killer) makes the caller stop the others at once.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -18,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +38,32 @@ class Outcome:
     interrupted: bool = False  # Ctrl-C in the launcher
     timed_out: bool = False
     wall_s: float = 0.0
+    #: The last line of each failed rank's traceback, sent over a pipe: it arrives even
+    #: when the rank could not write its error file (a full disk).
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 def _entry(
-    target: Callable[..., None], rdv: Rendezvous, netns: str | None, args: tuple[Any, ...]
+    target: Callable[..., None],
+    rdv: Rendezvous,
+    netns: str | None,
+    args: tuple[Any, ...],
+    report: Connection,
 ) -> None:
     """Process entry: die with the parent, enter the rank's namespace, run ``target``.
-    Exits with os._exit: results are already on disk, and C++ static teardown of
-    gloo/store threads at interpreter exit can abort a finished rank."""
+    A failure's last traceback line goes to the parent over ``report``. Exits with
+    os._exit: results are already on disk, and C++ static teardown of gloo/store threads
+    at interpreter exit can abort a finished rank."""
     code = 0
     try:
         die_with_parent()
         netem.enter(netns)
         target(rdv, *args)
-    except BaseException:
-        code = 1  # the target wrote its own report
+    except BaseException as err:
+        code = 1
+        lines = traceback.format_exception_only(type(err), err)
+        with contextlib.suppress(OSError):
+            report.send(lines[-1].strip() if lines else repr(err))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -63,17 +76,20 @@ def start_ranks(
     link: str | None = None,
     poll_s: float = 0.05,
     timeout_s: float | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run ``target(rendezvous, *args)`` in ``world`` spawned processes named ``rank<r>``
     and wait; stop every rank as soon as one fails (or on Ctrl-C, or after
-    ``timeout_s``). ``target`` must be importable (spawn pickles it by name)."""
+    ``timeout_s``). ``target`` must be importable (spawn pickles it by name);
+    ``on_poll`` is called while waiting (and once at the end), e.g. to relay logs."""
     with netem.endpoints(world, link) as (host, spaces):
         store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
         ctx = mp.get_context("spawn")
+        pipes = [ctx.Pipe(duplex=False) for _ in range(world)]
         procs = [
             ctx.Process(
                 target=_entry,
-                args=(target, Rendezvous(r, world, host, store.port), spaces[r], args),
+                args=(target, Rendezvous(r, world, host, store.port), spaces[r], args, pipes[r][1]),
                 name=f"rank{r}",
             )
             for r in range(world)
@@ -86,6 +102,8 @@ def start_ranks(
                 p.start()
             while not outcome.failed and any(p.exitcode is None for p in procs):
                 time.sleep(poll_s)
+                if on_poll is not None:
+                    on_poll()
                 outcome.failed = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode]
                 if deadline is not None and time.monotonic() > deadline:
                     outcome.timed_out = True
@@ -95,7 +113,13 @@ def start_ranks(
         finally:
             stop(procs)
             del store
+            if on_poll is not None:
+                on_poll()
         outcome.wall_s = time.perf_counter() - started
+        for rank, (reader, _) in enumerate(pipes):
+            if reader.poll():
+                with contextlib.suppress(EOFError, OSError):
+                    outcome.errors[rank] = str(reader.recv())
         return outcome
 
 

@@ -13,27 +13,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
-from suite.config import RunConfig
+from suite.config import ConfigError, RunConfig
 from suite.problem import parse_run_config
 from suite.record import atomic_write_text
 
 OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
-STATUSES = ("completed", "failed", "diverged", "skipped")
+STATUSES = ("completed", "failed", "diverged", "skipped", "busy")
+#: Outcomes that make a multirun end with a non-zero exit status (after its summary).
+BAD = ("failed", "busy", "unknown")
 
 
 def register() -> None:
-    """Every registered protocol's Config in the ConfigStore, and the presets' resolvers
-    (idempotent)."""
+    """Every registered protocol's Config in the ConfigStore, the presets' resolvers and
+    the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
+    store.store(group="hydra/launcher", name="checked", node=CheckedLauncherConf)
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)  # unique sweep dirs
     for name, cls in sorted(protocols.load_all().items()):
         defaults = _plain(dataclasses.asdict(cls.Config()))
         if not cls.selects:
@@ -68,6 +79,51 @@ def compose(overrides: tuple[str, ...]) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)
     return {str(k): v for k, v in values.items()}
+
+
+def sweep_points(
+    launcher: Launcher, job_overrides: Sequence[Sequence[str]], first: int
+) -> list[tuple[RunConfig, Path]]:
+    """Every point of a sweep composed and validated before any job starts (a bad one
+    stops the whole sweep with the reason): its typed config and its Hydra job folder."""
+    from suite.launch import validate
+
+    config, context = launcher.config, launcher.hydra_context  # type: ignore[attr-defined]
+    assert config is not None and context is not None
+    points = []
+    for num, overrides in enumerate(job_overrides, first):
+        sweep = context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep):
+            sweep.hydra.job.num = num
+            folder = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
+            del sweep["hydra"]
+        cfg = run_config(sweep)
+        validate(cfg)
+        points.append((cfg, folder))
+    return points
+
+
+@dataclass
+class CheckedLauncherConf:
+    """``hydra/launcher=checked`` (the default): Hydra's basic launcher, one run after
+    the other, after every point was checked."""
+
+    _target_: str = "hydra_plugins.commbench_launcher.CommbenchCheckedLauncher"
+
+
+class CheckedLauncher(BasicLauncher):
+    """Hydra's basic launcher, which validates every sweep point before the first runs:
+    a bad point no longer stops a sweep halfway, after others already ran."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        try:
+            sweep_points(self, job_overrides, initial_job_idx)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return super().launch(job_overrides, initial_job_idx)
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
@@ -124,3 +180,7 @@ class SweepSummary(Callback):
                 f"  #{r['job']} {r['status']:9} {r.get('protocol')} w{r.get('workers')} "
                 f"s{r.get('seed')} {what}"
             )
+        bad = [r for r in rows if r["status"] in BAD]
+        if bad:  # every point ran; the sweep as a whole did not succeed
+            print(f"sweep {sweep_dir}: {len(bad)} of {len(rows)} runs did not complete")
+            raise SystemExit(1)

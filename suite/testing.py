@@ -195,10 +195,9 @@ def check_equivalences(name: str, tmp: Path) -> None:
     declared tolerance) and, where declared, the same bytes."""
     cls = protocols.get(name)
     for eq in cls.equivalences:
-        run: dict[str, Any] = {
-            k: dict(v) if isinstance(v, Mapping) else v for k, v in eq.run.items()
-        }
-        short: dict[str, Any] = {"train": {"data_epochs": 0.3, "eval_every": 0.3}, **run}
+        short: dict[str, Any] = {"train": {"data_epochs": 0.3, "eval_every": 0.3}}
+        for key, value in eq.run.items():  # sections merge: train={...} keeps the budget
+            short[key] = {**short.get(key, {}), **value} if isinstance(value, Mapping) else value
         mine = kit_config(name, **{**short, "protocol_kw": dict(eq.mine)})
         theirs_run: dict[str, Any] = {
             **short,

@@ -13,6 +13,7 @@ the helpers below it, and everything the loop carries from step to step is one
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 import time
@@ -29,8 +30,11 @@ from suite.checkpoint import Checkpoints
 from suite.config import OptimConfig, RunConfig
 from suite.data import TrainBatches, eval_batches
 from suite.dist import Comm
+from suite.loggers import MetricLogger, open_logger
 from suite.problem import build_protocol, load_problem, model_is_conv
 from suite.record import RunDir
+
+log = logging.getLogger("suite")
 
 #: Comm's counters, saved and restored with a checkpoint.
 COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds")
@@ -80,6 +84,7 @@ class LoopState:
     step: int = 0
     rnd: int = 0
     last_eval: int = 0  # evaluation points passed
+    last_checkpoint: int = 0  # checkpoint points passed
     rows: int = 0  # metric rows rank 0 has written
     best_acc: float = -1.0
     final: dict[str, Any] = field(default_factory=dict)  # the last metrics row
@@ -168,6 +173,9 @@ class Run:
     record: RunDir | None  # rank 0 writes metrics and summary
     checkpoints: Checkpoints | None
     loss_sum: torch.Tensor  # on the device: no host sync per step
+    logger: MetricLogger | None = None  # rank 0's metric logger (logger=...)
+    started: float = 0.0  # wall clock when this attempt's first step began
+    first_step: int = 0  # the step this attempt started from (after a resume)
 
 
 def train(
@@ -188,7 +196,17 @@ def train(
     run = _set_up(cfg, comm, device, record, checkpoints)
     state = _resume(run) if checkpoints is not None else LoopState()
     clock, progress = Clock(device, state.clock), _progress(run, state.step)
-    started, status = time.time(), "completed"  # when this attempt's first step began
+    run.started, run.first_step, status = time.time(), state.step, "completed"
+    if record is not None:
+        run.logger = open_logger(cfg, record.path, record.read_metrics())
+        what = "resuming at" if state.step else "starting"
+        line = (
+            f"[{cfg.protocol.name} w{cfg.workers} s{cfg.seed}] {what} step {state.step} of "
+            f"{run.budget.steps} (l = {run.protocol.local_steps}, {cfg.train.data_epochs:g} "
+            f"data-epochs, evaluation every {cfg.train.eval_every:g})"
+        )
+        record.log(line)
+        log.info(line)
     clock.start()
     while state.step < run.budget.steps:
         work = run.protocol.begin_round(state.rnd)
@@ -203,8 +221,10 @@ def train(
             if not _evaluate(run, state, clock):
                 status = "diverged"
                 break
-            if checkpoints is not None and state.step < run.budget.steps:
-                _save(run, state, clock)
+            clock.start()
+        if checkpoints is not None and _checkpoint_due(run, state):
+            clock.stop()
+            _save(run, state, clock)
             clock.start()
         if stop is not None and state.step < run.budget.steps and _agree(comm, stop()):
             clock.stop()
@@ -214,7 +234,7 @@ def train(
     clock.stop()
     if progress is not None:
         progress.close()
-    return _finish(run, state, status, started)
+    return _finish(run, state, status)
 
 
 def _set_up(
@@ -293,6 +313,9 @@ def _evaluate(run: Run, state: LoopState, clock: Clock) -> bool:
         state.best_acc = max(state.best_acc, row["test_acc"])
         run.record.append_metrics(row)
         state.rows += 1
+        _report_progress(run, row)
+        if run.logger is not None:
+            run.logger.log(row)
     state.final = row
     run.comm.barrier()
     return math.isfinite(row["train_loss"])
@@ -327,6 +350,37 @@ def _measure(run: Run, state: LoopState, clock: Clock) -> dict[str, Any]:
         "lr": state.lr,
         "train_loss": losses / max(count, 1),
     }
+
+
+def _report_progress(run: Run, row: dict[str, Any]) -> None:
+    """One line per evaluation, for a person watching (a terminal, a SLURM ``.out``
+    file, Hydra's job log): to ``run.log`` in the run folder, which the local launcher
+    relays, and to the ``suite`` logger, which is Hydra's in a scheduler's task."""
+    budget = run.budget
+    elapsed = time.time() - run.started
+    done = row["step"] - run.first_step
+    eta = elapsed / done * (budget.steps - row["step"]) if done > 0 else math.nan
+    line = (
+        f"[{run.cfg.protocol.name} w{run.cfg.workers} s{run.cfg.seed}] round {row['round']} "
+        f"| epoch {row['epoch']:.2f}/{run.cfg.train.data_epochs:g} "
+        f"| test acc {row['test_acc']:.4f} | train loss {row['train_loss']:.4f} "
+        f"| comm {row['comm_s']:.1f} s | {row['bytes'] / 1e9:.3f} GB "
+        f"| elapsed {elapsed:.1f} s | ETA {eta:.1f} s"
+    )
+    assert run.record is not None
+    run.record.log(line)
+    log.info(line)
+
+
+def _checkpoint_due(run: Run, state: LoopState) -> bool:
+    """Whether a ``train.checkpoint_every`` point was passed (never at the very end: a
+    finished run keeps no state)."""
+    every = run.cfg.train.checkpoint_every
+    index = int(run.budget.epoch(state.step) / every + 1e-9)
+    if index <= state.last_checkpoint or state.step >= run.budget.steps:
+        return False
+    state.last_checkpoint = index
+    return True
 
 
 def _agree(comm: Comm, mine: bool) -> bool:
@@ -391,7 +445,7 @@ def _resume(run: Run) -> LoopState:
     )
 
 
-def _finish(run: Run, state: LoopState, status: str, started: float) -> TrainResult:
+def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
     """The run's summary (rank 0 writes it and drops the checkpoints)."""
     stats = run.protocol.stats()
     names = sorted(stats)
@@ -412,10 +466,12 @@ def _finish(run: Run, state: LoopState, status: str, started: float) -> TrainRes
         "rounds": state.rnd,
         "data_epochs": run.budget.epoch(state.step),
         "protocol_stats": dict(zip(names, values, strict=True)),
-        "started_unix": started,
+        "started_unix": run.started,
     }
     if run.record is not None:
         run.record.write_summary(summary)
+        if run.logger is not None:
+            run.logger.finish(summary)
         if run.checkpoints is not None:
             run.checkpoints.remove()  # a finished run keeps its results, not its state
     return TrainResult(summary, run.protocol.eval_model())

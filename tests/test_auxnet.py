@@ -136,7 +136,8 @@ def test_supports_refuses():
 @pytest.mark.parametrize("workers", [2, 3])
 def test_serial_phase_is_backprop_through_the_chained_modules(tmp_path, workers):
     """A warm-up covering the whole budget is ordinary training, pipelined over ranks."""
-    common = {"model": {"depth": 34}, "train": {"data_epochs": 0.3, "eval_every": 0.3}}
+    train_kw = {"data_epochs": 0.3, "eval_every": 0.3, "channels_last": False}  # see AuxNet
+    common = {"model": {"depth": 34}, "train": train_kw}
     cfg = tiny_config("auxnet", workers, protocol_kw={"warmup_epochs": 100.0}, **common)
     parallel = run_ranks(train_rank, workers, tmp_path, cfg)[0]
     serial = train(tiny_config("single", 1, **common), Comm(0, 1, CPU), CPU)

@@ -162,7 +162,7 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path):
         "localsgd",
         2,
         results_dir=str(tmp_path / "killed"),
-        train={"data_epochs": 2.0, "eval_every": 0.2},
+        train={"data_epochs": 2.0, "eval_every": 0.2, "checkpoint_every": 0.2},
         protocol_kw={"local_steps": 3},
     )
     result = {}
