@@ -15,10 +15,11 @@ import pandas as pd
 import yaml
 
 import protocols
+import protocols as registry
 from suite.config import RunConfig
 from suite.report import analysis
 from suite.report.__main__ import generate
-from suite.report.figures import STYLE, style
+from suite.report.figures import style
 from suite.report.load import load_runs
 
 
@@ -76,9 +77,10 @@ def test_every_semantic_key_is_a_column_and_groups_split_on_it(tmp_path):
     assert runs["group"].nunique() == 2  # same seed, different lr: two groups, never n=2
     table = analysis.accuracy_table(runs)
     assert len(table.frame) == 2 and (table.frame["n"] == "1").all()
-    assert sorted(table.frame["optim.lr"]) == ["0.05", "0.5"]  # the varying key is shown
+    # The varying key is shown, next to its optimizer, as a protocol's knobs are.
+    assert sorted(table.frame["optim"]) == ["sgd (lr=0.05)", "sgd (lr=0.5)"]
     assert sorted(table.frame["test acc (%)"]) == ["10.00", "90.00"]
-    assert "train.data_epochs=6" in table.common and "optim.lr" not in table.common
+    assert "train.data_epochs=6" in table.common and "lr=" not in table.common
 
 
 def test_speedups_only_against_a_like_baseline(tmp_path):
@@ -158,12 +160,14 @@ def test_a_speedup_where_only_the_protocol_reaches_the_target_is_a_lower_bound(t
 
 
 def test_figures_keep_each_protocols_colour_and_embed_truetype_fonts(tmp_path):
-    assert len({c for c, _ in STYLE.values()}) == len(STYLE)  # distinct colours
-    assert len({m for _, m in STYLE.values()}) == len(STYLE)  # and markers
+    shipped = {n: c.style for n, c in registry.load_all().items() if c.style is not None}
+    assert len(shipped) >= 8
+    assert len({c for c, _ in shipped.values()}) == len(shipped)  # distinct colours
+    assert len({m for _, m in shipped.values()}) == len(shipped)  # and markers
     assert style("my_new_method") == style("my_new_method")  # stable for plugins
-    before = {p: style(p) for p in STYLE}
+    before = {p: style(p) for p in shipped}
     style("another_method")
-    assert before == {p: style(p) for p in STYLE}  # a new protocol recolours nobody
+    assert before == {p: style(p) for p in shipped}  # a new protocol recolours nobody
     for seed in (0, 1):
         write_run(tmp_path / "r", "localsgd", seed, curve=((1.0, 0.5), (2.0, 0.8)))
         write_run(tmp_path / "r", "resist", seed, curve=((1.0, 0.6), (2.0, 0.85)))

@@ -41,11 +41,31 @@ def generate(
     """Write every table and figure; returns the files written and what was read."""
     results = _filter(load_runs(roots), only)
     runs, metrics = results.runs, results.metrics
-    tables, figs, data = out / "tables", out / "figures", out / "data"
-    written: list[Path] = []
+    tables, data = out / "tables", out / "data"
+    written = _paper_comm_table(tables)
+    sources = ", ".join(roots)
+    for name, table, caption, note in table_specs(results, baseline, target):
+        written += write_table(
+            table.frame,
+            tables,
+            name,
+            caption,
+            f"{note}\nSource: {sources}.".strip(),
+            table.common,
+        )
+    written += _figures(results, out / "figures")
+    data.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(data / "runs.csv", index=False)
+    metrics.to_csv(data / "metrics.csv", index=False)
+    written += [data / "runs.csv", data / "metrics.csv"]
+    written.append(_index(out, written, results, roots))
+    return written, results
 
+
+def _paper_comm_table(tables: Path) -> list[Path]:
+    """The ResIST paper's Table 1, from the model and each protocol's accounting."""
     paper = comm_per_round()
-    written += write_table(
+    written = write_table(
         comm_table(paper),
         tables,
         "comm_per_round",
@@ -55,10 +75,15 @@ def generate(
         "ResIST minimum depth 11/6/4 at 2/4/8 workers).",
     )
     paper.to_csv(tables / "comm_per_round.csv", index=False)
-    written.append(tables / "comm_per_round.csv")
+    return [*written, tables / "comm_per_round.csv"]
 
-    sources = ", ".join(roots)
-    specs = [
+
+def table_specs(
+    results: Results, baseline: str, target: float
+) -> list[tuple[str, analysis.Table, str, str]]:
+    """Every results table: (file name, table, caption, note)."""
+    runs, metrics = results.runs, results.metrics
+    return [
         (
             "accuracy",
             analysis.accuracy_table(runs),
@@ -98,16 +123,12 @@ def generate(
             *compare(runs),
         ),
     ]
-    for name, table, caption, note in specs:
-        written += write_table(
-            table.frame,
-            tables,
-            name,
-            caption,
-            f"{note}\nSource: {sources}.".strip(),
-            table.common,
-        )
 
+
+def _figures(results: Results, figs: Path) -> list[Path]:
+    """Accuracy against time and bytes, the per-step breakdown, and scaling."""
+    runs, metrics = results.runs, results.metrics
+    written: list[Path] = []
     written += figures.curves(metrics, "train_s", "training time (s)", figs, "accuracy_vs_time")
     if not metrics.empty:
         gb = metrics.assign(gb=metrics["bytes"] / 1e9)
@@ -122,12 +143,7 @@ def generate(
     written += figures.round_breakdown(runs, figs)
     written += figures.scaling(runs, figs)
 
-    data.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(data / "runs.csv", index=False)
-    metrics.to_csv(data / "metrics.csv", index=False)
-    written += [data / "runs.csv", data / "metrics.csv"]
-    written.append(_index(out, written, results, roots))
-    return written, results
+    return written
 
 
 def _index(out: Path, written: list[Path], results: Results, roots: list[str]) -> Path:

@@ -28,9 +28,11 @@ from suite.report.load import NOT_GROUPING, config_columns
 
 #: Config families whose keys belong to the chosen name (a protocol's knobs, a model
 #: family's fields): shown inside that column, never as columns of their own.
-FAMILIES = ("protocol", "model")
+FAMILIES = ("protocol", "model", "optim")
 #: Columns first in every table, in this order.
 LEADING = ("data", "model", "protocol", "workers")
+#: Then, where they vary, these (before the other keys).
+SECOND = ("optim",)
 NA = "—"
 
 
@@ -80,6 +82,8 @@ def _value(v: object) -> str:
 
 
 def _family_label(row: pd.Series, family: str) -> str:
+    if family == "optim":
+        return str(row.get("optim.name", NA))
     return str(row["model"] if family == "model" else row[family])
 
 
@@ -99,7 +103,8 @@ def settings(firsts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     common: list[str] = []  # plain keys first, then each protocol's and model's knobs
     knobs: list[str] = []
     families = {f: _family_keys(columns, f) for f in FAMILIES}
-    in_family = {c for keys in families.values() for c in keys} | {"protocol.name", "model.name"}
+    in_family = {c for keys in families.values() for c in keys}
+    in_family |= {"protocol.name", "model.name", "optim.name"}
     families["model"] = [c for c in families["model"] if c not in IN_MODEL_TAG]
     for family, keys in families.items():
         labels = firsts.apply(lambda r, f=family: _family_label(r, f), axis=1)
@@ -118,18 +123,22 @@ def settings(firsts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                     fixed.append(f"{name}={values.iloc[0]}")
             if fixed:
                 knobs.append(f"{label}: {', '.join(fixed)}")
-        shown[family] = labels + extra.map(lambda e: f" ({e[2:]})" if e else "")
+        text = labels + extra.map(lambda e: f" ({e[2:]})" if e else "")
+        if family in LEADING or text.nunique() > 1:  # the optimizer only where it varies
+            shown[family] = text
     for key in (c for c in columns if c not in in_family):
         values = firsts[key].map(_value)
         label = "data" if key == "data.name" else key
+        applies = values[values != NA]  # "—": the key does not apply to that group
         if label in LEADING:  # always a column, so every row reads on its own
             shown[label] = firsts[key].astype(int) if key == "workers" else values
-        elif values.nunique() > 1:
+        elif applies.nunique() > 1:
             shown[label] = values
-        else:
-            common.append(f"{label}={values.iloc[0]}")
-    lead = [c for c in LEADING if c in shown]
-    rest = sorted(c for c in shown if c not in LEADING)
+        elif len(applies):
+            where = " (where it applies)" if len(applies) < len(values) else ""
+            common.append(f"{label}={applies.iloc[0]}{where}")
+    lead = [c for c in (*LEADING, *SECOND) if c in shown]
+    rest = sorted(c for c in shown if c not in lead)
     return shown[lead + rest], "; ".join([", ".join(common), *knobs] if common else knobs)
 
 

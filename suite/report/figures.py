@@ -2,8 +2,8 @@
 
 Conventions a reviewer can rely on:
 
-- one colour and one marker per protocol, fixed (``STYLE``; a protocol the suite does
-  not know gets a colour and marker from a hash of its name), so adding a protocol never
+- one colour and one marker per protocol, fixed (each protocol's ``style``; one without
+  gets a colour and marker from a hash of its name), so adding a protocol never
   recolours the others, and line style is never spent on anything else;
 - a curve is one group (runs identical but for the seed): the mean over seeds with a
   band of ± 1 standard deviation, which the figure says, with n;
@@ -30,19 +30,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 
+import protocols
 from suite.report.analysis import settings
 
-#: Colour (Okabe-Ito / seaborn "colorblind") and marker of every protocol the suite ships.
-STYLE: dict[str, tuple[str, str]] = {
-    "single": ("#000000", "P"),
-    "ddp": ("#0173b2", "o"),
-    "localsgd": ("#de8f05", "s"),
-    "resist": ("#029e73", "^"),
-    "ist": ("#d55e00", "D"),
-    "auxnet": ("#cc78bc", "v"),
-    "diloco": ("#ca9161", "X"),
-    "powersgd": ("#56b4e9", "*"),
-}
 _SPARE_COLOURS = ["#949494", "#fbafe4", "#ece133", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22"]
 _SPARE_MARKERS = ["h", "p", "<", ">", "d", "8", "H"]
 #: Applied when saving: TrueType (Type 42) fonts in PDF and PS.
@@ -50,9 +40,12 @@ RC: dict[str, Any] = {"pdf.fonttype": 42, "ps.fonttype": 42}
 
 
 def style(protocol: str) -> tuple[str, str]:
-    """The fixed colour and marker of ``protocol`` (hash-derived for unknown names)."""
-    if protocol in STYLE:
-        return STYLE[protocol]
+    """The fixed colour and marker of ``protocol``: its own (``Protocol.style``; the
+    shipped ones use the Okabe-Ito / "colorblind" palette), else one derived from a hash
+    of its name (a plugin without a style, or results of a protocol not installed)."""
+    cls = protocols.load_all().get(protocol)
+    if cls is not None and cls.style is not None:
+        return cls.style
     h = int(hashlib.sha256(protocol.encode()).hexdigest(), 16)
     return _SPARE_COLOURS[h % len(_SPARE_COLOURS)], _SPARE_MARKERS[(h // 7) % len(_SPARE_MARKERS)]
 

@@ -55,7 +55,7 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
 
 
 CONFIG_PREFIXES = ("protocol.", "model.", "data.", "optim.", "train.")
-TOP_LEVEL = ("workers", "seed", "device", "link")
+TOP_LEVEL = ("workers", "seed", "device", "link", "backend")
 
 
 def model_tag(model: dict[str, Any]) -> str:
@@ -162,7 +162,7 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
         runs.append(run)
         rows.append((run["run"], metric_rows))
     configs = sorted({k for r in runs for k in r if k.startswith(CONFIG_PREFIXES)})
-    configs += [k for k in ("device", "link") if any(k in r for r in runs)]
+    configs += [k for k in ("device", "link", "backend") if any(k in r for r in runs)]
     columns = [*RUN_KEYS, *_SUMMARY_FIELDS, *configs]
     run_df = pd.DataFrame(runs, columns=columns)
     run_df = run_df.sort_values(["data", "protocol", "workers", "seed", "run"]).reset_index(
