@@ -85,6 +85,9 @@ def test_run_name_is_a_stable_hash_of_the_semantic_config():
     c = _compose(["seed=1"])
     assert a.run_name() == b.run_name() != c.run_name()
     assert a.run_name().startswith("digits-preact_resnet101-ddp-w2-s0-")
+    # The backend left to auto names no run; a chosen one changes timings, so it counts.
+    assert _compose(["launcher.backend=auto"]).run_name() == a.run_name()
+    assert _compose(["launcher.backend=gloo"]).run_name() != a.run_name()
 
 
 @pytest.mark.parametrize("method", ["resist", "localsgd"])
@@ -147,7 +150,7 @@ def test_committed_reference_runs_keep_their_names():
     import yaml
 
     folders = sorted((Path(__file__).parent.parent / "results" / "reference").glob("digits-*"))
-    assert len(folders) == 30
+    assert len(folders) == 54
     for folder in folders:
         cfg = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text()))
         assert cfg.run_name() == folder.name
