@@ -133,6 +133,7 @@ class LaunchConfig(Checked):
     """How worker processes are started; none of this changes results."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if present
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: NCCL on GPUs, else gloo
     threads: int = 0  # intra-op threads per worker; 0: cores // workers
     timeout_s: float = 1800.0  # collective timeout (a hang guard; crashes are caught sooner)
     progress: bool = True  # tqdm on an interactive terminal
@@ -234,6 +235,8 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     if d.get("model", {}).get("name") == "mlp":  # nothing to lay out: the same either way
         train.pop("channels_last", None)
     d["device"] = launcher.get("device", "auto")
+    if launcher.get("backend", "auto") != "auto":  # a chosen backend changes timings
+        d["backend"] = launcher["backend"]
     if launcher.get("link") is not None:  # an emulated link changes every timing
         d["link"] = launcher["link"]
     return d

@@ -72,11 +72,21 @@ def pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(rdv: Rendezvous, device: torch.device, timeout_s: float) -> None:
-    """Join the run's process group: NCCL on GPUs, gloo otherwise."""
+def backend_for(device: torch.device, choice: str = "auto") -> str:
+    """``auto``: NCCL on GPUs, gloo otherwise; or the one chosen (gloo also runs on GPU
+    tensors, which lets several ranks share one GPU)."""
+    if choice == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    return choice
+
+
+def init_process_group(
+    rdv: Rendezvous, device: torch.device, timeout_s: float, backend: str = "auto"
+) -> None:
+    """Join the run's process group (``backend_for``)."""
     if rdv.world_size == 1:
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_for(device, backend)
     timeout = timedelta(seconds=timeout_s)
     if rdv.port:
         store = dist.TCPStore(rdv.host, rdv.port, is_master=False, timeout=timeout)
@@ -115,8 +125,12 @@ def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
 class Comm:
     """Collectives over the run's process group, with byte and time accounting."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(
+        self, rank: int, world_size: int, device: torch.device, backend: str = "auto"
+    ) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
+        # gloo's point-to-point transfers take host memory only: stage GPU tensors.
+        self.stage = device.type == "cuda" and backend_for(device, backend) == "gloo"
         self.bytes_payload = 0
         self.bytes_paper = 0
         self.bytes_moved = 0
@@ -164,30 +178,34 @@ class Comm:
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from
         each, all in one batch. Every rank must post the matching other half. A rank may
-        name itself as a peer: that transfer is a local copy (see the byte conventions)."""
+        name itself as a peer: that transfer is a local copy (see the byte conventions).
+        Under gloo, GPU tensors travel through host memory (inside the timed part)."""
         me = self.rank
         if me in sends or me in recvs:
             recvs[me].copy_(sends[me])
-        ops = [
-            dist.P2POp(dist.isend, t, peer)
-            for peer, t in sorted(sends.items())
-            if t.numel() and peer != me
-        ]
-        ops += [
-            dist.P2POp(dist.irecv, t, peer)
-            for peer, t in sorted(recvs.items())
-            if t.numel() and peer != me
-        ]
+        out = {p: t for p, t in sorted(sends.items()) if p != me and t.numel()}
+        into = {p: t for p, t in sorted(recvs.items()) if p != me and t.numel()}
 
         def run() -> None:
+            wire_out = {p: t.cpu() for p, t in out.items()} if self.stage else out
+            wire_in = (
+                {p: torch.empty(t.shape, dtype=t.dtype) for p, t in into.items()}
+                if self.stage
+                else into
+            )
+            ops = [dist.P2POp(dist.isend, t, p) for p, t in wire_out.items()]
+            ops += [dist.P2POp(dist.irecv, t, p) for p, t in wire_in.items()]
             if ops:
                 for req in dist.batch_isend_irecv(ops):
                     req.wait()
+            if self.stage:
+                for p, t in wire_in.items():
+                    into[p].copy_(t)
 
         sent = sum(t.numel() * t.element_size() for t in sends.values())
-        wire = sent - (sends[me].numel() * sends[me].element_size() if me in sends else 0)
-        got = sum(t.numel() * t.element_size() for p, t in recvs.items() if p != me)
-        if self.world_size > 1 and (ops or sent):
+        wire = sum(t.numel() * t.element_size() for t in out.values())
+        got = sum(t.numel() * t.element_size() for t in into.values())
+        if self.world_size > 1 and sent + got:
             self._timed(run, sent, sent, wire + got)
 
     def broadcast_(self, tensors: Iterable[torch.Tensor], src: int = 0) -> None:

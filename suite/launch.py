@@ -99,11 +99,15 @@ def validate(cfg: RunConfig) -> None:
     )
     if cfg.launcher.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("launcher.device=cuda but no CUDA device is visible; use auto or cpu")
-    if uses_cuda and cfg.workers > torch.cuda.device_count() and _scheduler_tasks() <= 1:
+    nccl = uses_cuda and cfg.launcher.backend != "gloo"
+    if nccl and cfg.workers > torch.cuda.device_count() and _scheduler_tasks() <= 1:
         raise ConfigError(
             f"workers={cfg.workers} but only {torch.cuda.device_count()} GPU(s) here and NCCL "
-            "needs one GPU per rank; use fewer workers or launcher.device=cpu"
+            "needs one GPU per rank; use fewer workers, launcher.backend=gloo (ranks share "
+            "GPUs) or launcher.device=cpu"
         )
+    if cfg.launcher.backend == "nccl" and not uses_cuda:
+        raise ConfigError("launcher.backend=nccl needs GPUs; use auto or gloo on CPU")
     started = _scheduler_tasks()
     if started > 1 and started != cfg.workers:
         raise ConfigError(
@@ -238,7 +242,7 @@ def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     try:
         worker(rdv, cfg, str(run.path), stop=lambda: bool(requested))
     except Preempted as stopped:
-        print(f"[preempted] {run.path}: {stopped}; checkpoint saved")
+        log.info("[preempted] %s: %s; checkpoint saved", run.path, stopped)
         if rdv.rank == 0 and callable(requeue):
             requeue(signum, None)  # submitit: requeue this job (and exit); it resumes
         return {"status": "preempted", "run_dir": str(run.path)}
@@ -314,8 +318,8 @@ def worker(
         device = pick_device(cfg.launcher.device, local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        init_process_group(rdv, device, cfg.launcher.timeout_s)
-        comm = Comm(rdv.rank, rdv.world_size, device)
+        init_process_group(rdv, device, cfg.launcher.timeout_s, cfg.launcher.backend)
+        comm = Comm(rdv.rank, rdv.world_size, device, cfg.launcher.backend)
         ckpt = Checkpoints(run.path, rdv.rank) if cfg.train.checkpoint else None
         train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop)
     except Preempted:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -450,6 +451,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
     stats = run.protocol.stats()
     names = sorted(stats)
     values = run.comm.reduce_stats([stats[n] for n in names], op="max") if names else []
+    (peak,) = run.comm.reduce_stats([float(peak_memory(run.device))], op="max")
     final = state.final
     summary = {
         "status": status,
@@ -466,6 +468,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "rounds": state.rnd,
         "data_epochs": run.budget.epoch(state.step),
         "protocol_stats": dict(zip(names, values, strict=True)),
+        "peak_memory_bytes": int(peak),  # the largest rank's (GPU: allocated; CPU: RSS)
         "started_unix": run.started,
     }
     if run.record is not None:
@@ -475,6 +478,13 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         if run.checkpoints is not None:
             run.checkpoints.remove()  # a finished run keeps its results, not its state
     return TrainResult(summary, run.protocol.eval_model())
+
+
+def peak_memory(device: torch.device) -> int:
+    """This rank's peak memory: allocated on its GPU, else its process's resident set."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _progress(run: Run, done: int) -> Any:

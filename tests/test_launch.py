@@ -41,6 +41,7 @@ def test_a_run_writes_a_complete_run_folder_and_is_skipped_on_rerun(tmp_path, ca
     for a, b in itertools.pairwise(rows):
         assert b["bytes"] >= a["bytes"] and b["train_s"] >= a["train_s"]
     assert rows[-1]["bytes"] == summary["bytes"] > 0
+    assert summary["peak_memory_bytes"] > 20 * 2**20  # a rank's resident set: torch alone is more
     assert (
         abs(rows[-1]["compute_s"] + rows[-1]["comm_s"] - rows[-1]["train_s"])
         < 0.5 * rows[-1]["train_s"]
@@ -118,6 +119,8 @@ def test_divergence_is_recorded_as_such(tmp_path):
         ({"data": {"sharding": "random"}}, "choose one of ['disjoint', 'full']"),
         ({"optim": {"schedule": "linear"}}, "choose one of ['step', 'cosine', 'constant']"),
         ({"model": {"depth": 50}}, "valid: [18, 34, 101, 152, 200]"),
+        ({"launcher": {"backend": "nccl"}}, "launcher.backend=nccl needs GPUs"),
+        ({"launcher": {"backend": "mpi"}}, "choose one of ['auto', 'nccl', 'gloo']"),
     ],
 )
 def test_invalid_settings_are_refused_before_any_process_starts(tmp_path, overrides, message):
