@@ -109,28 +109,13 @@ class SweepSlurmLauncher(SlurmLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        import submitit
-
         assert self.config is not None and self.hydra_context is not None
         params = dict(self.params)
         try:  # every point is checked before anything is submitted
-            for key in ("tasks_per_node", "nodes"):
-                if params.pop(key, None) is not None:
-                    raise ConfigError(
-                        f"hydra.launcher.{key} is derived from workers; set gpus_per_node "
-                        "(GPUs per node) or max_tasks_per_node instead"
-                    )
-            gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
-            points = sweep_points(self, job_overrides, initial_job_idx)
-            jobs = [
-                _Job(initial_job_idx + i, list(o), cfg, folder)
-                for i, (o, (cfg, folder)) in enumerate(zip(job_overrides, points, strict=True))
-            ]
-            layouts = [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
+            jobs, layouts = self._plan(params, job_overrides, initial_job_idx)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-
         returns: dict[int, JobReturn] = {}
         pending: dict[Layout, list[_Job]] = {}
         locks = contextlib.ExitStack()  # one set of workers per run folder, for the sweep
@@ -146,41 +131,8 @@ class SweepSlurmLauncher(SlurmLauncher):
                 returns[job.num] = _job_return(job, {"status": "busy", "error": str(busy)})
                 continue
             pending.setdefault(shape, []).append(job)
-
         with locks:  # released when every job has ended
-            sweep_dir = Path(str(self.config.hydra.sweep.dir))
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            executor = submitit.AutoExecutor(
-                folder=params.pop("submitit_folder"),
-                cluster="slurm",
-                slurm_max_num_timeout=params.pop("max_num_timeout"),
-            )
-            base = {"timeout_min", "cpus_per_task", "mem_gb", "name", "stderr_to_stdout"}
-            params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
-            submitted: list[tuple[_Job, Any]] = []
-            for shape, group in pending.items():
-                executor.update_parameters(
-                    **params,
-                    nodes=shape.nodes,
-                    tasks_per_node=shape.tasks_per_node,
-                    gpus_per_node=shape.gpus_per_node,
-                )
-                args = [
-                    (
-                        j.overrides,
-                        "hydra.sweep.dir",
-                        j.num,
-                        f"job_id_for_{j.num}",
-                        Singleton.get_state(),
-                    )
-                    for j in group
-                ]
-                handles = executor.map_array(self, *zip(*args, strict=True))
-                for j, handle in zip(group, handles, strict=True):
-                    log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
-                    print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
-                    submitted.append((j, handle))
-
+            submitted = self._submit(params, pending)
             wait_for(handle for _, handle in submitted)
             for job, handle in submitted:  # a failed job never stops the sweep
                 try:
@@ -189,6 +141,58 @@ class SweepSlurmLauncher(SlurmLauncher):
                     returns[job.num] = _job_return(job, _failure(job, handle, err))
         return [returns[j.num] for j in jobs]
 
+    def _plan(
+        self, params: dict[str, Any], job_overrides: Sequence[Sequence[str]], first: int
+    ) -> tuple[list[_Job], list[Layout]]:
+        """Every point composed and checked, and its job's shape (from its workers)."""
+        for key in ("tasks_per_node", "nodes"):
+            if params.pop(key, None) is not None:
+                raise ConfigError(
+                    f"hydra.launcher.{key} is derived from workers; set gpus_per_node "
+                    "(GPUs per node) or max_tasks_per_node instead"
+                )
+        gpus, max_tasks = params.pop("gpus_per_node"), params.pop("max_tasks_per_node")
+        points = sweep_points(self, job_overrides, first)
+        jobs = [
+            _Job(first + i, list(o), cfg, folder)
+            for i, (o, (cfg, folder)) in enumerate(zip(job_overrides, points, strict=True))
+        ]
+        return jobs, [layout(j.cfg.workers, gpus, max_tasks) for j in jobs]
+
+    def _submit(
+        self, params: dict[str, Any], pending: dict[Layout, list[_Job]]
+    ) -> list[tuple[_Job, Any]]:
+        """One job array per shape, each element one sweep point."""
+        import submitit
+
+        assert self.config is not None
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"),
+            cluster="slurm",
+            slurm_max_num_timeout=params.pop("max_num_timeout"),
+        )
+        base = {"timeout_min", "cpus_per_task", "mem_gb", "name", "stderr_to_stdout"}
+        params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
+        submitted: list[tuple[_Job, Any]] = []
+        for shape, group in pending.items():
+            executor.update_parameters(
+                **params,
+                nodes=shape.nodes,
+                tasks_per_node=shape.tasks_per_node,
+                gpus_per_node=shape.gpus_per_node,
+            )
+            state = Singleton.get_state()
+            args = [
+                (j.overrides, "hydra.sweep.dir", j.num, f"job_id_for_{j.num}", state) for j in group
+            ]
+            handles = executor.map_array(self, *zip(*args, strict=True))
+            for j, handle in zip(group, handles, strict=True):
+                log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
+                print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
+                submitted.append((j, handle))
+        return submitted
+
 
 def wait_for(handles: Iterable[Any], poll_s: float = 2.0) -> None:
     """Wait until every job has ended, with one line each time the counts change:
@@ -196,12 +200,13 @@ def wait_for(handles: Iterable[Any], poll_s: float = 2.0) -> None:
     handles = list(handles)
     last = ""
     while True:
-        states = [str(h.state).split()[0] if h.done() else str(h.state) for h in handles]
-        done = sum(h.done() for h in handles)
-        failed = sum(
-            h.done() and s not in ("COMPLETED",) for h, s in zip(handles, states, strict=True)
-        )
-        running = sum(s == "RUNNING" for s in states)
+        done = failed = running = 0
+        for handle in handles:  # each asked once: a state read twice can change between
+            finished, state = handle.done(), str(handle.state).split()[0]
+            if finished:  # a result is in (RUNNING: its tasks are still exiting) or it ended
+                done += 1
+                failed += state not in ("COMPLETED", "COMPLETING", "RUNNING")
+            running += not finished and state == "RUNNING"
         line = (
             f"[slurm] {len(handles)} jobs: {done - failed} done, {failed} failed, "
             f"{running} running, {len(handles) - done - running} pending"

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -34,6 +36,7 @@ import signal
 import socket
 import subprocess
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +220,8 @@ def clean_stale() -> list[str]:
     return sorted(tags)
 
 
-def _build(tag: str, workers: int, rate_bits: int) -> Cluster:
-    net = _subnet(os.getpid() * 64 + int(tag.rsplit("-", 1)[1], 36))
+def _build(tag: str, workers: int, rate_bits: int | None, seed: int) -> Cluster:
+    net = _subnet(seed)
     hosts = list(net.hosts())
     master, bridge = str(hosts[0]), f"{tag}b"
     spaces = tuple(f"{tag}-r{r}" for r in range(workers))
@@ -239,14 +242,16 @@ def _build(tag: str, workers: int, rate_bits: int) -> Cluster:
             f"link set {h} up",
         ]
     _run("ip", "-batch", "-", stdin="\n".join(root) + "\n")
-    rate, burst = f"{rate_bits}bit", str(burst_bytes(rate_bits))
-    shape = ["root", "tbf", "rate", rate, "burst", burst, "latency", "100ms"]
-    for ns, w, h, a in zip(spaces, inside, outside, addrs, strict=True):
+    for ns, w, a in zip(spaces, inside, addrs, strict=True):
         lines = [f"addr add {a}/{net.prefixlen} dev {w}", f"link set {w} up", "link set lo up"]
         _run("ip", "-n", ns, "-batch", "-", stdin="\n".join(lines) + "\n")
-        _run("tc", "qdisc", "replace", "dev", h, *shape)
-        _run("tc", "-n", ns, "qdisc", "replace", "dev", w, *shape)
-    return Cluster(master, spaces, inside, addrs, bridge, rate_bits)
+    if rate_bits is not None:  # tbf on both ends: each direction of each link
+        rate, burst = f"{rate_bits}bit", str(burst_bytes(rate_bits))
+        shape = ["root", "tbf", "rate", rate, "burst", burst, "latency", "100ms"]
+        for ns, w, h in zip(spaces, inside, outside, strict=True):
+            _run("tc", "qdisc", "replace", "dev", h, *shape)
+            _run("tc", "-n", ns, "qdisc", "replace", "dev", w, *shape)
+    return Cluster(master, spaces, inside, addrs, bridge, rate_bits or 0)
 
 
 @contextlib.contextmanager
@@ -293,14 +298,15 @@ def cluster(workers: int, link: str) -> Iterator[Cluster]:
     rate = parse_rate(link)
     with _seq_lock:
         _seq += 1
-        tag = _tag(os.getpid(), _seq)
+        seq = _seq
+    tag = _tag(os.getpid(), seq)
     try:
         with _signals_deferred(), LOCK.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # subnet choice and creation, one at a time
             clean_stale()
             remove(tag)  # a reused pid's leftovers under this very name
             try:
-                net = _build(tag, workers, rate)
+                net = _build(tag, workers, rate, os.getpid() * 64 + seq)
             except BaseException:
                 remove(tag)
                 raise
@@ -351,12 +357,52 @@ def enter(namespace: str | None) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = interfaces[0]
 
 
+#: A named, lasting cluster (``up``/``down``): its names are outside the pid-owned
+#: pattern, so no ``clean_stale`` of a later run removes it.
+_NAMED = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+
+
+def up(name: str, hosts: int, link: str | None = None) -> Cluster:
+    """Build a lasting cluster called ``name`` (namespaces ``<name>-r<k>``, bridge
+    ``<name>b``) of ``hosts`` namespaces, optionally shaped to ``link``; ``down`` removes
+    it. A multi-node SLURM on one machine runs one slurmd in each (``.ci/slurm-up``)."""
+    if not _NAMED.match(name) or name.startswith(PREFIX):
+        raise ConfigError(f"cluster name {name!r}: 2-8 lower-case letters or digits, not 'cb...'")
+    rate = parse_rate(link) if link else None
+    with _signals_deferred(), LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remove(name)  # a previous one of that name
+        try:
+            return _build(name, hosts, rate, zlib.crc32(name.encode()))
+        except BaseException:
+            remove(name)
+            raise
+
+
+def down(name: str) -> None:
+    """Remove the lasting cluster ``name`` (what ``up`` made)."""
+    with _signals_deferred():
+        remove(name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m suite.netem --clean``: remove clusters left by killed owners."""
+    """``python -m suite.netem --clean``: remove clusters left by killed owners;
+    ``--up NAME --hosts N [--link RATE]`` / ``--down NAME``: a lasting cluster."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--clean", action="store_true", help="remove stale clusters")
     parser.add_argument("--list", action="store_true", help="list commbench links/namespaces")
+    parser.add_argument("--up", metavar="NAME", help="build a lasting cluster, print it (JSON)")
+    parser.add_argument("--hosts", type=int, default=2, help="namespaces of --up")
+    parser.add_argument("--link", default=None, help="shape --up's links to this rate")
+    parser.add_argument("--down", metavar="NAME", help="remove the lasting cluster NAME")
     args = parser.parse_args(argv)
+    if args.up:
+        net = up(args.up, args.hosts, args.link)
+        print(json.dumps(dataclasses.asdict(net)))
+        return
+    if args.down:
+        down(args.down)
+        return
     if args.clean:
         removed = clean_stale()
         print(f"removed {len(removed)} stale cluster(s) {' '.join(removed)}".rstrip())

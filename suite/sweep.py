@@ -44,7 +44,9 @@ def register() -> None:
     the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
     store.store(group="hydra/launcher", name="checked", node=CheckedLauncherConf)
-    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)  # unique sweep dirs
+    # Unique sweep dirs. Cached like Hydra's ${now:}: the launcher's value travels in the
+    # pickled config to SLURM tasks, which must all write to the launcher's sweep dir.
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
     for name, cls in sorted(protocols.load_all().items()):
         defaults = _plain(dataclasses.asdict(cls.Config()))
         if not cls.selects:

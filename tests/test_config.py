@@ -1,3 +1,7 @@
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +158,21 @@ def test_committed_reference_runs_keep_their_names():
     for folder in folders:
         cfg = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text()))
         assert cfg.run_name() == folder.name
+
+
+def test_the_sweep_dir_is_the_launchers_in_every_process_that_unpickles_its_config():
+    """SLURM tasks re-resolve the pickled sweep config: ``${pid:}`` must give the
+    launcher's pid there (cached like Hydra's ``${now:}``), or every task writes into a
+    sweep dir of its own and the sweep's summary finds none of its runs."""
+    register()
+    cfg = OmegaConf.create({"dir": "sweep-${pid:}"})
+    here = cfg.dir
+    assert here.endswith(f"-{os.getpid()}")
+    code = (
+        "import pickle, sys; from suite.sweep import register; register(); "
+        "print(pickle.loads(sys.stdin.buffer.read()).dir)"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(cfg), capture_output=True, check=True
+    )
+    assert there.stdout.decode().strip() == here

@@ -164,3 +164,41 @@ def test_a_run_on_an_emulated_cluster_completes_and_cleans_up(tmp_path):
     assert summary["bytes"] > 0 and summary["comm_s"] > 0
     assert set(netem._links() + netem._namespaces()) == before
     assert Path(summary["run_dir"]).name.endswith(cfg.run_name()[-10:])
+
+
+@needs_netem
+def test_a_named_cluster_lasts_until_down_and_its_hosts_reach_each_other():
+    """What ``.ci/slurm-up`` builds its nodes on: namespaces that outlive the process that
+    made them (no owner pid in their names, so no stale-clean removes them)."""
+    name = "cbtestx"[2:]  # 'testx': a lasting name is not in the pid-owned 'cb...' space
+    try:
+        net = netem.up(name, 2)
+        assert net.namespaces == (f"{name}-r0", f"{name}-r1") and net.bridge == f"{name}b"
+        assert len({net.master_addr, *net.addresses}) == 3
+        assert set(net.namespaces) <= set(netem._namespaces())
+        assert name not in netem.clean_stale()  # not owned by a (gone) pid: it stays
+        assert set(net.namespaces) <= set(netem._namespaces())
+        # A TCP connection from host 0 to host 1, each inside its own namespace.
+        target = (net.addresses[1], 29517)
+        listen = (
+            f"import socket; s = socket.create_server({target!r}); print('up', flush=True); "
+            "c, _ = s.accept(); c.sendall(b'hello')"
+        )
+        dial = f"import socket; print(socket.create_connection({target!r}, 5).recv(5))"
+        ns = ["ip", "netns", "exec"]
+        server = subprocess.Popen(
+            [*ns, net.namespaces[1], sys.executable, "-c", listen],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        client = subprocess.run(
+            [*ns, net.namespaces[0], sys.executable, "-c", dial], capture_output=True, text=True
+        )
+        assert server.wait(10) == 0 and client.stdout.strip() == "b'hello'", client.stderr
+        with pytest.raises(ConfigError, match="2-8 lower-case"):
+            netem.up("cb1234", 2)
+    finally:
+        netem.down(name)
+    assert not set(netem._namespaces()) & {f"{name}-r0", f"{name}-r1"}
+    assert f"{name}b" not in netem._links()

@@ -60,7 +60,9 @@ class Sweep:
         folder.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         cmd = [sys.executable, "-m", "suite.run", "-m", "hydra/launcher=slurm"]
-        cmd += [*overrides, f"results_dir={self.results}", "hydra.launcher.timeout_min=20"]
+        cmd += [*overrides, f"results_dir={self.results}"]
+        if not any(o.startswith("hydra.launcher.timeout_min=") for o in overrides):
+            cmd.append("hydra.launcher.timeout_min=20")
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
 
@@ -70,13 +72,14 @@ class Sweep:
     def jobs(self) -> list[str]:
         return re.findall(r"^\[submitted\] #\d+ .* -> job (\S+)$", self.text(), re.M)
 
-    def wait(self, timeout: float = 240) -> str:
+    def wait(self, timeout: float = 240, status: int = 0) -> str:
+        """The sweep's output once it has ended with exit ``status`` (1: a run failed)."""
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.cancel()
             pytest.fail(f"the sweep did not end within {timeout} s:\n{self.text()}")
-        assert code == 0, self.text()
+        assert code == status, self.text()
         return self.text()
 
     def cancel(self) -> None:
@@ -160,6 +163,7 @@ def test_a_sweep_runs_one_job_per_point_with_one_task_per_worker(two_point_sweep
         "failed": 0,
         "diverged": 0,
         "skipped": 0,
+        "busy": 0,
         "other": 0,
     }
 
@@ -211,7 +215,7 @@ def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(slurm, tmp_path):
         failed = sweep.run("digits-*-ddp-w2-s0-*")
         _until(lambda: (failed.read_summary() or {}).get("status") == "failed", 60, "fail", sweep)
         detected = time.monotonic() - killed
-        text = sweep.wait()
+        text = sweep.wait(status=1)  # a failed run: the sweep goes on, then exits 1
     finally:
         sweep.cancel()
     print(f"run marked failed {detected:.1f} s after the kill -9")
@@ -262,3 +266,218 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(two_point_s
     a, b = got.read_summary(), want.read_summary()
     for key in ("final_test_acc", "bytes", "bytes_moved", "steps", "rounds"):
         assert a[key] == b[key], key
+
+
+# -- Several nodes: `SLURM_NODES=2 bash .ci/slurm-up` (each slurmd in its own namespace) --
+
+
+def _nodes() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True)
+    return sorted(set(out.stdout.split()))
+
+
+@pytest.fixture(scope="module")
+def two_nodes(slurm):
+    nodes = _nodes()
+    if len(nodes) < 2:
+        reason = f"a one-node SLURM ({nodes}); `SLURM_NODES=2 bash .ci/slurm-up` makes two"
+        if os.environ.get("COMMBENCH_REQUIRE_SLURM_NODES") == "2":
+            pytest.fail(f"COMMBENCH_REQUIRE_SLURM_NODES=2 but {reason}")
+        pytest.skip(reason)
+    return nodes
+
+
+def _placement(sweep: Sweep, job: str) -> dict[int, str]:
+    """Rank → host of a job's tasks, from submitit's own log of each task."""
+    found = {}
+    for log in sweep.results.rglob(f"{job}_*_log.out"):
+        m = re.search(r"hostname=(\S+?),.*global_rank=(\d+)", log.read_text())
+        if m:
+            found[int(m.group(2))] = m.group(1)
+    return found
+
+
+MULTI = ["workers=4", "hydra.launcher.max_tasks_per_node=2", "train.data_epochs=3", "seed=0"]
+
+
+@pytest.fixture(scope="module")
+def across_nodes(two_nodes, tmp_path_factory):
+    """ddp and resist at 4 workers, 2 tasks on each of 2 nodes; and the same runs by the
+    suite's own launcher on one machine, for comparison."""
+    folder = tmp_path_factory.mktemp("nodes")
+    sweep = Sweep(folder, "protocol=ddp,resist", *MULTI, *RUN[:1], "train.eval_every=1")
+    try:
+        sweep.wait(400)
+    finally:
+        sweep.cancel()
+    local = folder / "local"
+    cmd = [sys.executable, "-m", "suite.run", "-m", "protocol=ddp,resist", "workers=4"]
+    cmd += ["train.data_epochs=3", "train.eval_every=1", *RUN[:1], "launcher.threads=1"]
+    out = subprocess.run([*cmd, f"results_dir={local}"], capture_output=True, text=True, cwd=folder)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return sweep, local
+
+
+def test_a_four_worker_job_runs_two_tasks_on_each_of_two_nodes(across_nodes):
+    sweep, _ = across_nodes
+    jobs = sweep.jobs()
+    assert len(jobs) == 2
+    for job in jobs:
+        placement = _placement(sweep, job)
+        print(f"job {job}: rank -> node {placement}")
+        assert sorted(placement) == [0, 1, 2, 3]
+        by_node: dict[str, list[int]] = {}
+        for rank, node in placement.items():
+            by_node.setdefault(node, []).append(rank)
+        assert sorted(len(r) for r in by_node.values()) == [2, 2], placement  # 2 per node
+        steps = {row[0]: row[1:] for row in _sacct(job, "JobID,NNodes,NTasks,NodeList,State")}
+        print(f"sacct {job}: {steps}")
+        assert steps[f"{job}.0"][:2] == ["2", "4"] and steps[f"{job}.0"][3] == "COMPLETED"
+
+
+def test_runs_across_nodes_equal_the_same_runs_on_one_machine(across_nodes):
+    sweep, local = across_nodes
+    for protocol in ("ddp", "resist"):
+        got = sweep.run(f"digits-*-{protocol}-w4-s0-*")
+        (want_path,) = local.glob(f"digits-*-{protocol}-w4-s0-*")
+        assert got.path.name == want_path.name  # the same configuration
+        a, b = got.read_metrics(), RunDir(want_path).read_metrics()
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b, strict=True):
+            assert {k: v for k, v in x.items() if k not in TIMING} == {
+                k: v for k, v in y.items() if k not in TIMING
+            }, protocol
+
+
+def test_kill_minus_nine_on_the_second_node_fails_that_run_naming_the_rank(two_nodes, tmp_path):
+    sweep = Sweep(
+        tmp_path, "protocol=ddp", *MULTI[:2], "train.data_epochs=10", "seed=0,1", *RUN[:1]
+    )
+    try:
+        _until(lambda: len(sweep.jobs()) == 2, 120, "submission", sweep)
+        victim = "digits-*-ddp-w4-s0-*"
+        _until(
+            lambda: any(_rows(RunDir(p)) for p in sweep.results.glob(victim)),
+            180,
+            "a first evaluation",
+            sweep,
+        )
+        job = sweep.jobs()[0]
+        placement = _placement(sweep, job)
+        second = sorted(set(placement.values()))[1]
+        rank = max(r for r, node in placement.items() if node == second)
+        os.kill(_task_pid(job, rank), signal.SIGKILL)
+        failed = sweep.run(victim)
+        _until(lambda: (failed.read_summary() or {}).get("status") == "failed", 60, "fail", sweep)
+        text = sweep.wait(400, status=1)
+    finally:
+        sweep.cancel()
+    error = failed.read_summary()["error"]
+    print(f"killed rank {rank} on {second}: {error}")
+    assert error.startswith(f"rank {rank} ended without an error report"), error
+    assert sweep.run("digits-*-ddp-w4-s1-*").read_summary()["status"] == "completed"
+    assert "1 completed, 1 failed" in text
+
+
+def test_preemption_across_two_nodes_resumes_to_the_same_metrics(across_nodes, tmp_path):
+    reference, _ = across_nodes
+    sweep = Sweep(
+        tmp_path,
+        "protocol=resist",
+        *MULTI,
+        *RUN[:1],
+        "train.eval_every=1",
+        "train.checkpoint_every=0.5",
+    )
+    try:
+        _until(lambda: len(sweep.jobs()) == 1, 120, "submission", sweep)
+        _until(
+            lambda: any(len(_rows(RunDir(p))) >= 1 for p in sweep.results.glob("digits-*")),
+            240,
+            "an evaluation",
+            sweep,
+        )
+        job = sweep.jobs()[0]
+        subprocess.run(["scancel", "--signal=TERM", job], check=True)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        text = sweep.wait(400)
+    finally:
+        sweep.cancel()
+    assert ["REQUEUED"] in _sacct(job, "State", "-X", "-D")
+    assert "1 completed" in text
+    got = sweep.run("digits-*-resist-w4-s0-*")
+    want = reference.run("digits-*-resist-w4-s0-*")
+    a, b = got.read_metrics(), want.read_metrics()
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
+
+
+@pytest.mark.slow  # about 4 minutes: a 2-minute limit expires twice; CI runs it explicitly
+def test_a_real_time_limit_requeues_and_the_run_ends_as_if_uninterrupted(two_point_sweep, tmp_path):
+    """SLURM itself signals the job (USR2, signal_delay_s before a 2-minute limit); the run
+    checkpoints, submitit requeues it (a timeout, up to max_num_timeout), and the final
+    metrics equal the uninterrupted run's. Prints the time lost per requeue."""
+    sweep = Sweep(
+        tmp_path,
+        "protocol=localsgd",
+        "workers=2",
+        *RUN[:1],
+        # About 2 minutes of training: slurmctld signals 60 s before the 2-minute limit,
+        # at its next 30 s check, so an attempt trains about 50-80 s before it stops.
+        "train.data_epochs=240",
+        "train.eval_every=40",
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=60",
+        "hydra.launcher.max_num_timeout=5",
+    )
+    try:
+        text = sweep.wait(1200)
+    finally:
+        sweep.cancel()
+    (job,) = sweep.jobs()
+    states = _sacct(job, "State,Elapsed", "-X", "-D")
+    print(f"job {job} attempts: {states}")
+    assert any(s[0] == "REQUEUED" for s in states), states
+    logs = "".join(p.read_text() for p in sorted(sweep.results.rglob("*_log.out")))
+    stops = re.findall(r"^\[(\S+ \S+)\]\[suite\]\[INFO\] - \[preempted\]", logs, re.M)
+    resumes = re.findall(r"^\[(\S+ \S+)\]\[suite\]\[INFO\] - .* resuming at step", logs, re.M)
+    assert stops and resumes, logs[-3000:]
+    assert "1 completed" in text
+
+    import datetime as dt
+
+    def at(stamp: str) -> float:
+        return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    lost = [at(b) - at(a) for a, b in zip(stops, resumes, strict=False)]
+    print(f"time from the checkpoint at the signal to training again, per requeue: {lost} s")
+    assert all(0 < x < 120 for x in lost)
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "suite.run",
+            "protocol=localsgd",
+            "workers=2",
+            *RUN[:1],
+            "train.data_epochs=240",  # the same run, never stopped
+            "train.eval_every=40",
+            "launcher.threads=1",
+            f"results_dir={tmp_path / 'whole'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    got = sweep.run("digits-*-localsgd-w2-s0-*")
+    (want,) = (tmp_path / "whole").glob("digits-*")
+    a, b = got.read_metrics(), RunDir(want).read_metrics()
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
