@@ -31,8 +31,9 @@ CPU = torch.device("cpu")
 
 
 def snapshot(preset: str, width: float) -> dict[str, Any]:
-    """Rank 0's checkpoint state of a paper preset after one round (synthetic CIFAR-
-    shaped data: the sizes are the model's, not the data's)."""
+    """Rank 0's checkpoint state of a paper preset after one round, taken where the loop
+    takes it: after the round's aggregation (synthetic CIFAR-shaped data: the sizes are
+    the model's, not the data's)."""
     values = compose(
         (
             f"+experiment={preset}",
@@ -53,6 +54,7 @@ def snapshot(preset: str, width: float) -> dict[str, Any]:
     work.optimizer.zero_grad()
     work.loss(x, y).backward()
     work.optimizer.step()  # the optimizer now has its state (momentum buffers)
+    protocol.end_round(0, work)  # what survives a round (optimizer_state=reset: nothing)
     return {
         "model": problem.model.state_dict(),
         "protocol": protocol.state_dict(),
