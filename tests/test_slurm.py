@@ -114,6 +114,39 @@ def _rows(run: RunDir) -> list[dict]:
         return []
 
 
+def _assert_same_metrics(got: RunDir, want: RunDir, rows: int) -> None:
+    """Row for row the same metrics, timings aside."""
+    a, b = got.read_metrics(), want.read_metrics()
+    assert len(a) == len(b) == rows
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
+
+
+def _evaluated(sweep: Sweep, jobs: int, run: str, evaluations: int, timeout: float) -> None:
+    """Wait until the sweep has submitted ``jobs`` jobs and the run folder matching
+    ``run`` has ``evaluations`` rows."""
+    _until(lambda: len(sweep.jobs()) == jobs, 120, "submission", sweep)
+    _until(
+        lambda: any(len(_rows(RunDir(p))) >= evaluations for p in sweep.results.glob(run)),
+        timeout,
+        f"{evaluations} evaluation(s) of {run}",
+        sweep,
+    )
+
+
+def _preempt(sweep: Sweep, evaluations: int, timeout: float) -> str:
+    """Once its run has ``evaluations`` rows, do to the sweep's one job what SLURM does
+    to a preempted job with preempt_send_user_signal (and what submitit's own _interrupt
+    does): SIGTERM, then the user signal, to every task. Returns the job."""
+    _evaluated(sweep, 1, "digits-*", evaluations, timeout)
+    job = sweep.jobs()[0]
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    return job
+
+
 def _sacct(job: str, fields: str, *flags: str) -> list[list[str]]:
     """Accounting rows of a job (and its steps), as lists of the asked fields, once the
     job has left the queue (its result can be read before its tasks have exited)."""
@@ -202,14 +235,7 @@ def _task_pid(job: str, rank: int) -> int:
 def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(slurm, tmp_path):
     sweep = Sweep(tmp_path, "protocol=ddp", "workers=2", "seed=0,1", *RUN)
     try:
-        _until(lambda: len(sweep.jobs()) == 2, 120, "submission", sweep)
-        victim = "digits-*-ddp-w2-s0-*"
-        _until(
-            lambda: any(_rows(RunDir(p)) for p in sweep.results.glob(victim)),
-            120,
-            "a first evaluation",
-            sweep,
-        )
+        _evaluated(sweep, 2, "digits-*-ddp-w2-s0-*", 1, 120)
         os.kill(_task_pid(sweep.jobs()[0], 1), signal.SIGKILL)
         killed = time.monotonic()
         failed = sweep.run("digits-*-ddp-w2-s0-*")
@@ -233,18 +259,7 @@ def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(slurm, tmp_path):
 def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(two_point_sweep, tmp_path):
     sweep = Sweep(tmp_path, "protocol=localsgd", "workers=2", *RUN)
     try:
-        _until(lambda: len(sweep.jobs()) == 1, 120, "submission", sweep)
-        _until(
-            lambda: any(len(_rows(RunDir(p))) >= 3 for p in sweep.results.glob("digits-*")),
-            120,
-            "3 evaluations",
-            sweep,
-        )
-        job = sweep.jobs()[0]
-        # What SLURM does to a preempted job with preempt_send_user_signal (and what
-        # submitit's own _interrupt does): SIGTERM, then the user signal, to every task.
-        subprocess.run(["scancel", "--signal=TERM", job], check=True)
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        job = _preempt(sweep, 3, 120)
         text = sweep.wait(300)
     finally:
         sweep.cancel()
@@ -257,12 +272,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(two_point_s
     got = sweep.run("digits-*-localsgd-w2-s0-*")
     want = two_point_sweep.run("digits-*-localsgd-w2-s0-*")
     assert got.path.name == want.path.name  # the same configuration
-    got_rows, want_rows = got.read_metrics(), want.read_metrics()
-    assert len(got_rows) == len(want_rows) == 20
-    for a, b in zip(got_rows, want_rows, strict=True):
-        assert {k: v for k, v in a.items() if k not in TIMING} == {
-            k: v for k, v in b.items() if k not in TIMING
-        }
+    _assert_same_metrics(got, want, 20)
     a, b = got.read_summary(), want.read_summary()
     for key in ("final_test_acc", "bytes", "bytes_moved", "steps", "rounds"):
         assert a[key] == b[key], key
@@ -341,12 +351,7 @@ def test_runs_across_nodes_equal_the_same_runs_on_one_machine(across_nodes):
         got = sweep.run(f"digits-*-{protocol}-w4-s0-*")
         (want_path,) = local.glob(f"digits-*-{protocol}-w4-s0-*")
         assert got.path.name == want_path.name  # the same configuration
-        a, b = got.read_metrics(), RunDir(want_path).read_metrics()
-        assert len(a) == len(b) == 3
-        for x, y in zip(a, b, strict=True):
-            assert {k: v for k, v in x.items() if k not in TIMING} == {
-                k: v for k, v in y.items() if k not in TIMING
-            }, protocol
+        _assert_same_metrics(got, RunDir(want_path), 3)
 
 
 def test_kill_minus_nine_on_the_second_node_fails_that_run_naming_the_rank(two_nodes, tmp_path):
@@ -354,14 +359,8 @@ def test_kill_minus_nine_on_the_second_node_fails_that_run_naming_the_rank(two_n
         tmp_path, "protocol=ddp", *MULTI[:2], "train.data_epochs=10", "seed=0,1", *RUN[:1]
     )
     try:
-        _until(lambda: len(sweep.jobs()) == 2, 120, "submission", sweep)
         victim = "digits-*-ddp-w4-s0-*"
-        _until(
-            lambda: any(_rows(RunDir(p)) for p in sweep.results.glob(victim)),
-            180,
-            "a first evaluation",
-            sweep,
-        )
+        _evaluated(sweep, 2, victim, 1, 180)
         job = sweep.jobs()[0]
         placement = _placement(sweep, job)
         second = sorted(set(placement.values()))[1]
@@ -390,29 +389,14 @@ def test_preemption_across_two_nodes_resumes_to_the_same_metrics(across_nodes, t
         "train.checkpoint_every=0.5",
     )
     try:
-        _until(lambda: len(sweep.jobs()) == 1, 120, "submission", sweep)
-        _until(
-            lambda: any(len(_rows(RunDir(p))) >= 1 for p in sweep.results.glob("digits-*")),
-            240,
-            "an evaluation",
-            sweep,
-        )
-        job = sweep.jobs()[0]
-        subprocess.run(["scancel", "--signal=TERM", job], check=True)
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        job = _preempt(sweep, 1, 240)
         text = sweep.wait(400)
     finally:
         sweep.cancel()
     assert ["REQUEUED"] in _sacct(job, "State", "-X", "-D")
     assert "1 completed" in text
     got = sweep.run("digits-*-resist-w4-s0-*")
-    want = reference.run("digits-*-resist-w4-s0-*")
-    a, b = got.read_metrics(), want.read_metrics()
-    assert len(a) == len(b) == 3
-    for x, y in zip(a, b, strict=True):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {
-            k: v for k, v in y.items() if k not in TIMING
-        }
+    _assert_same_metrics(got, reference.run("digits-*-resist-w4-s0-*"), 3)
 
 
 @pytest.mark.slow  # about 4 minutes: a 2-minute limit expires twice; CI runs it explicitly
@@ -475,9 +459,4 @@ def test_a_real_time_limit_requeues_and_the_run_ends_as_if_uninterrupted(two_poi
     assert ref.returncode == 0, ref.stdout + ref.stderr
     got = sweep.run("digits-*-localsgd-w2-s0-*")
     (want,) = (tmp_path / "whole").glob("digits-*")
-    a, b = got.read_metrics(), RunDir(want).read_metrics()
-    assert len(a) == len(b) == 6
-    for x, y in zip(a, b, strict=True):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {
-            k: v for k, v in y.items() if k not in TIMING
-        }
+    _assert_same_metrics(got, RunDir(want), 6)

@@ -1,7 +1,7 @@
 """The GPU check: throughput against the device's peak, ResIST's compute ratio on the
 device, the suite's own launcher with GPU tensors, NCCL, and peak memory per rank.
 
-    python -m suite.bench.gpu            # on a GPU machine (< 8 min on one H100/H200)
+    python -m suite.bench.gpu            # a GPU machine (sized for < 8 min; not yet timed)
     python -m suite.bench.gpu --smoke    # anywhere, on the CPU, tiny: keeps it from rotting
 
 One record in ``results/bench/gpu-<device>.json`` with:
