@@ -256,23 +256,45 @@ def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
 
 
 def _record_task_failure(
-    cfg: RunConfig, run: RunDir, rdv: Rendezvous, grace_s: float = 1.0
+    cfg: RunConfig, run: RunDir, rdv: Rendezvous, settle_s: float = 3.0, limit_s: float = 60.0
 ) -> None:
     """After a failure: wait for the peers' error reports, then the lowest failing rank
-    writes the run's summary (a rank killed by a signal writes none, which names it)."""
-    time.sleep(grace_s)
-    reported = sorted(int(f.stem.removeprefix("error-rank")) for f in run.error_files())
-    if not reported or reported[0] != rdv.rank:
+    writes the run's summary (a rank killed by a signal writes none, which names it).
+
+    Surviving ranks see the failure at different times: the wait ends once every rank
+    has reported or no new report has come for ``settle_s`` (at most ``limit_s``). A
+    survivor can still be later than that (blocked in a collective on a rank that is
+    itself waiting here); it then finds itself named as the dead rank and corrects the
+    summary, so the rank named is always one that never reported."""
+    start = changed = time.monotonic()
+    seen: set[int] = set()
+    while True:
+        seen_now = _reported(run)
+        now = time.monotonic()
+        if seen_now != seen:
+            seen, changed = seen_now, now
+        if len(seen) == rdv.world_size or now - changed >= settle_s or now - start >= limit_s:
+            break
+        time.sleep(0.1)
+    written = (run.read_summary() or {}).get("error", "")
+    named_me = written.startswith(f"rank {rdv.rank} {_SILENT}")
+    if not named_me and (not seen or min(seen) != rdv.rank):
         return
-    silent = sorted(set(range(rdv.world_size)) - set(reported))
+    silent = sorted(set(range(rdv.world_size)) - _reported(run))
     if silent:
-        error = (
-            f"rank {silent[0]} ended without an error report: killed by a signal "
-            "(kill -9, out of memory) or its node failed"
-        )
+        cause = "killed by a signal (kill -9, out of memory) or its node failed"
+        error = f"rank {silent[0]} {_SILENT}: {cause}"
     else:
         error = describe_failure(run, Outcome())
     run.write_summary(failed_summary(cfg, error))
+
+
+_SILENT = "ended without an error report"
+
+
+def _reported(run: RunDir) -> set[int]:
+    """The ranks that wrote an error report."""
+    return {int(f.stem.removeprefix("error-rank")) for f in run.error_files()}
 
 
 def failed_summary(cfg: RunConfig, error: str, **extra: Any) -> dict[str, Any]:

@@ -191,3 +191,41 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path):
         {k: v for k, v in r.items() if k not in TIMING} for r in want
     ]
     assert previous < newest
+
+
+def test_a_slow_survivor_is_never_named_as_the_rank_that_died(tmp_path):
+    """Under a scheduler each rank reports its own error; the lowest reporter names the
+    rank that wrote none. On a busy node a survivor can report seconds after the first:
+    it must be waited for, and the dead rank (here 3, which never reports) named."""
+    from suite.dist import Rendezvous
+    from suite.launch import _record_task_failure
+
+    cfg = tiny_config("ddp", 4, results_dir=str(tmp_path))
+    run = RunDir(tmp_path / cfg.run_name())
+    run.path.mkdir()
+    (run.path / "error-rank0.txt").write_text("RuntimeError: Connection reset by peer\n")
+
+    def report_late(rank: int, after_s: float) -> None:
+        time.sleep(after_s)
+        (run.path / f"error-rank{rank}.txt").write_text("RuntimeError: Connection closed\n")
+
+    late = [threading.Thread(target=report_late, args=a) for a in ((1, 1.5), (2, 2.5))]
+    for t in late:
+        t.start()
+    _record_task_failure(cfg, run, Rendezvous(0, 4))
+    for t in late:
+        t.join()
+    summary = run.read_summary()
+    assert summary is not None and summary["status"] == "failed"
+    assert summary["error"].startswith("rank 3 ended without an error report"), summary
+
+    # Later than the wait: rank 0 has named rank 2 (no report yet); rank 2's report comes
+    # after (it was blocked on rank 0), and rank 2 puts the blame where it belongs.
+    (run.path / "error-rank2.txt").unlink()
+    _record_task_failure(cfg, run, Rendezvous(0, 4), settle_s=0.2)
+    assert run.read_summary()["error"].startswith("rank 2 ended without an error report")
+    (run.path / "error-rank2.txt").write_text("RuntimeError: Connection closed\n")
+    _record_task_failure(cfg, run, Rendezvous(2, 4), settle_s=0.2)
+    assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
+    _record_task_failure(cfg, run, Rendezvous(1, 4), settle_s=0.2)  # not named: no change
+    assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
