@@ -160,8 +160,13 @@ def test_a_speedup_where_only_the_protocol_reaches_the_target_is_a_lower_bound(t
 
 
 def test_figures_keep_each_protocols_colour_and_embed_truetype_fonts(tmp_path):
-    shipped = {n: c.style for n, c in registry.load_all().items() if c.style is not None}
+    import faulty  # noqa: F401 - a test protocol that subclasses ddp without a style
+
+    shipped = {
+        n: c.__dict__["style"] for n, c in registry.load_all().items() if "style" in c.__dict__
+    }
     assert len(shipped) >= 8
+    assert style("faulty") != style("ddp")  # a subclass is never drawn as its parent
     assert len({c for c, _ in shipped.values()}) == len(shipped)  # distinct colours
     assert len({m for _, m in shipped.values()}) == len(shipped)  # and markers
     assert style("my_new_method") == style("my_new_method")  # stable for plugins

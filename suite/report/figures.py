@@ -40,12 +40,14 @@ RC: dict[str, Any] = {"pdf.fonttype": 42, "ps.fonttype": 42}
 
 
 def style(protocol: str) -> tuple[str, str]:
-    """The fixed colour and marker of ``protocol``: its own (``Protocol.style``; the
-    shipped ones use the Okabe-Ito / "colorblind" palette), else one derived from a hash
-    of its name (a plugin without a style, or results of a protocol not installed)."""
+    """The fixed colour and marker of ``protocol``: its own (``Protocol.style`` set on its
+    class; the shipped ones use the Okabe-Ito / "colorblind" palette), else one derived
+    from a hash of its name (a plugin without a style, a subclass that did not set its
+    own, so it is never drawn as its parent, or results of a protocol not installed)."""
     cls = protocols.load_all().get(protocol)
-    if cls is not None and cls.style is not None:
-        return cls.style
+    own = cls.__dict__.get("style") if cls is not None else None
+    if own is not None:
+        return own
     h = int(hashlib.sha256(protocol.encode()).hexdigest(), 16)
     return _SPARE_COLOURS[h % len(_SPARE_COLOURS)], _SPARE_MARKERS[(h // 7) % len(_SPARE_MARKERS)]
 
