@@ -21,7 +21,6 @@ at the first failed job:
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import sys
 import time
@@ -39,8 +38,6 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from suite.config import ConfigError, RunConfig
 from suite.launch import RunBusy, failed_summary, run_dir, run_lock, skip_completed
 from suite.sweep import sweep_points, write_outcome
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -188,7 +185,6 @@ class SweepSlurmLauncher(SlurmLauncher):
             ]
             handles = executor.map_array(self, *zip(*args, strict=True))
             for j, handle in zip(group, handles, strict=True):
-                log.info("#%d %s: SLURM job %s", j.num, " ".join(j.overrides), handle.job_id)
                 print(f"[submitted] #{j.num} {' '.join(j.overrides)} -> job {handle.job_id}")
                 submitted.append((j, handle))
         return submitted
@@ -212,8 +208,7 @@ def wait_for(handles: Iterable[Any], poll_s: float = 2.0) -> None:
             f"{running} running, {len(handles) - done - running} pending"
         )
         if line != last:
-            print(line, flush=True)
-            log.info(line)
+            print(line, flush=True)  # once: Hydra's console logging would repeat a log line
             last = line
         if done == len(handles):
             return

@@ -1,11 +1,12 @@
 """The SLURM launcher's parts that need no SLURM: job shapes and refusals before submission."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from suite.cluster import Layout, layout
+from suite.cluster import Layout, layout, wait_for
 from suite.config import ConfigError
 
 
@@ -62,3 +63,37 @@ def test_a_bad_sweep_is_refused_before_anything_is_submitted(tmp_path, args, mes
     assert message in out.stderr
     assert "[submitted]" not in out.stdout
     assert not list(tmp_path.rglob(".submitit"))
+
+
+class _Handle:
+    """A submitit job as wait_for sees it: done() and state, scripted per poll. A state
+    read after done() may already be the next poll's (SLURM moves on between calls)."""
+
+    def __init__(self, *polls: tuple[bool, str]) -> None:
+        self.polls, self.i = list(polls), 0
+
+    def done(self) -> bool:
+        finished, _ = self.polls[min(self.i, len(self.polls) - 1)]
+        return finished
+
+    @property
+    def state(self) -> str:
+        _, state = self.polls[min(self.i, len(self.polls) - 1)]
+        self.i += 1
+        return state
+
+
+def test_slurm_progress_counts_each_job_once(capsys):
+    ok = _Handle((False, "PENDING"), (False, "RUNNING"), (True, "COMPLETED"))
+    dead = _Handle((False, "RUNNING"), (True, "FAILED"), (True, "FAILED"))
+    exiting = _Handle((False, "RUNNING"), (True, "RUNNING"), (True, "COMPLETED"))
+    wait_for([ok, dead, exiting], poll_s=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "[slurm] 3 jobs: 0 done, 0 failed, 2 running, 1 pending",
+        "[slurm] 3 jobs: 1 done, 1 failed, 1 running, 0 pending",
+        "[slurm] 3 jobs: 2 done, 1 failed, 0 running, 0 pending",
+    ]
+    for line in lines:  # every job in exactly one column
+        counts = [int(n) for n in re.findall(r"(\d+) (?:done|failed|running|pending)", line)]
+        assert sum(counts) == 3 and min(counts) >= 0
