@@ -145,20 +145,25 @@ def check_resume_after_kill(name: str, tmp: Path) -> None:
     """kill -9 a worker after a checkpoint; the same command again resumes there and ends
     with the uninterrupted run's metrics, row for row (timings aside)."""
     from suite.launch import execute
+    from suite.train import HOLD_ENV
 
     cfg = kit_config(name, 2, results_dir=str(tmp / "killed"), train={"eval_every": 0.2})
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(execute(cfg)))
-    thread.start()
-    latest = tmp / "killed" / cfg.run_name() / "checkpoint" / "latest.json"
-    deadline = time.monotonic() + 120
-    while not latest.exists():
-        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint was written"
-        time.sleep(0.05)
-    victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
-    assert victim.pid is not None
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(60)
+    os.environ[HOLD_ENV] = "1"  # rank 1 stands still after its first checkpoint (a fast
+    try:  # protocol would otherwise finish, and drop its checkpoints, between two looks)
+        thread.start()
+        latest = tmp / "killed" / cfg.run_name() / "checkpoint" / "latest.json"
+        deadline = time.monotonic() + 120
+        while not latest.exists():
+            assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint was written"
+            time.sleep(0.05)
+        victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(60)
+    finally:
+        os.environ.pop(HOLD_ENV, None)
     assert result["status"] == "failed", result
     resumed = execute(cfg)  # the same command again
     assert resumed["status"] == "completed", resumed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -39,6 +40,10 @@ log = logging.getLogger("suite")
 
 #: Comm's counters, saved and restored with a checkpoint.
 COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds")
+
+#: For the contract kit's kill test: the rank named here stops after the first committed
+#: checkpoint (for at most a minute) so the test can kill it there, however fast the run.
+HOLD_ENV = "COMMBENCH_TEST_HOLD_RANK_AFTER_CHECKPOINT"
 
 
 @dataclass
@@ -406,6 +411,14 @@ def _save(run: Run, state: LoopState, clock: Clock) -> None:
     run.comm.barrier()  # every rank has written this step before it becomes latest
     if run.comm.rank == 0:
         run.checkpoints.commit(state.step, run.comm.world_size)
+    if os.environ.get(HOLD_ENV) == str(run.comm.rank):
+        _hold_until_killed()
+
+
+def _hold_until_killed() -> None:
+    """Stand still while rank 0 commits the checkpoint and the test kills this rank."""
+    os.environ.pop(HOLD_ENV)  # once per process
+    time.sleep(60)
 
 
 def _resume(run: Run) -> LoopState:
