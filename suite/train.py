@@ -41,8 +41,8 @@ log = logging.getLogger("suite")
 #: Comm's counters, saved and restored with a checkpoint.
 COMM_COUNTERS = ("bytes_payload", "bytes_paper", "bytes_moved", "seconds")
 
-#: For the contract kit's kill test: the rank named here stops after the first committed
-#: checkpoint (for at most a minute) so the test can kill it there, however fast the run.
+#: For kill tests: ``"<rank>"`` or ``"<rank>:<n>"`` makes that rank stand still (for at most
+#: a minute) after its first (n-th) checkpoint, so the test kills it there however fast the run.
 HOLD_ENV = "COMMBENCH_TEST_HOLD_RANK_AFTER_CHECKPOINT"
 
 
@@ -411,13 +411,21 @@ def _save(run: Run, state: LoopState, clock: Clock) -> None:
     run.comm.barrier()  # every rank has written this step before it becomes latest
     if run.comm.rank == 0:
         run.checkpoints.commit(state.step, run.comm.world_size)
-    if os.environ.get(HOLD_ENV) == str(run.comm.rank):
-        _hold_until_killed()
+    if HOLD_ENV in os.environ:
+        _hold_if_asked(run.comm.rank)
 
 
-def _hold_until_killed() -> None:
-    """Stand still while rank 0 commits the checkpoint and the test kills this rank."""
-    os.environ.pop(HOLD_ENV)  # once per process
+def _hold_if_asked(rank: int) -> None:
+    """Count this checkpoint against ``HOLD_ENV``; at the n-th on the named rank, stand still
+    while rank 0 commits it and the test kills this rank."""
+    who, _, nth = os.environ[HOLD_ENV].partition(":")
+    if int(who) != rank:
+        return
+    left = int(nth or 1) - 1
+    if left > 0:
+        os.environ[HOLD_ENV] = f"{who}:{left}"
+        return
+    os.environ.pop(HOLD_ENV)
     time.sleep(60)
 
 

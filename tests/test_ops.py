@@ -220,7 +220,7 @@ def test_suite_workers_ignore_an_inherited_local_rank(monkeypatch):
 
 
 def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_is_exact(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """train.checkpoint_every apart from evaluation: killed after a checkpoint that is no
     evaluation point, the same command resumes there and ends as if never stopped."""
@@ -233,6 +233,7 @@ def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_i
 
     from suite.launch import execute
     from suite.record import RunDir
+    from suite.train import HOLD_ENV
 
     cfg = tiny_config(
         "localsgd",
@@ -243,6 +244,7 @@ def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_i
     )
     result = {}
     thread = threading.Thread(target=lambda: result.update(execute(cfg)))
+    monkeypatch.setenv(HOLD_ENV, "1")  # rank 1 stands still after its first checkpoint
     thread.start()
     latest = tmp_path / "killed" / cfg.run_name() / "checkpoint" / "latest.json"
     deadline = time.monotonic() + 120
@@ -253,6 +255,7 @@ def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_i
     victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
     os.kill(victim.pid, signal.SIGKILL)
     thread.join(60)
+    monkeypatch.delenv(HOLD_ENV)
     assert result["status"] == "failed"
     run = RunDir(result["run_dir"])
     assert len(run.read_metrics()) == 0  # the checkpoint came before the first evaluation
