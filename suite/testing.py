@@ -141,29 +141,43 @@ def check_learns_and_counts_bytes(name: str, tmp: Path, workers: int = 2) -> dic
     return summary
 
 
-def check_resume_after_kill(name: str, tmp: Path) -> None:
-    """kill -9 a worker after a checkpoint; the same command again resumes there and ends
-    with the uninterrupted run's metrics, row for row (timings aside)."""
+def kill_rank_at_checkpoint(cfg: RunConfig, nth: int = 1) -> dict[str, Any]:
+    """Run ``cfg`` through the launcher and kill -9 its rank 1 right after the ``nth`` (1 or
+    2) committed checkpoint; the killed run's summary. Rank 1 is asked to stand still there
+    (``suite.train.HOLD_ENV``): a fast run would otherwise finish, and drop its
+    checkpoints, between two looks."""
+    from suite.checkpoint import Checkpoints
     from suite.launch import execute
     from suite.train import HOLD_ENV
 
-    cfg = kit_config(name, 2, results_dir=str(tmp / "killed"), train={"eval_every": 0.2})
+    assert nth in (1, 2), "the pointer remembers two checkpoint sets"
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(execute(cfg)))
-    os.environ[HOLD_ENV] = "1"  # rank 1 stands still after its first checkpoint (a fast
-    try:  # protocol would otherwise finish, and drop its checkpoints, between two looks)
+    checkpoints = Checkpoints(Path(cfg.results_dir) / cfg.run_name(), 0)
+    os.environ[HOLD_ENV] = f"1:{nth}"
+    try:
         thread.start()
-        latest = tmp / "killed" / cfg.run_name() / "checkpoint" / "latest.json"
         deadline = time.monotonic() + 120
-        while not latest.exists():
+        while len(checkpoints.candidates()) < nth:
             assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint was written"
-            time.sleep(0.05)
+            time.sleep(0.02)
         victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
         assert victim.pid is not None
         os.kill(victim.pid, signal.SIGKILL)
         thread.join(60)
     finally:
         os.environ.pop(HOLD_ENV, None)
+    assert not thread.is_alive(), "the killed run did not end"
+    return result
+
+
+def check_resume_after_kill(name: str, tmp: Path) -> None:
+    """kill -9 a worker after a checkpoint; the same command again resumes there and ends
+    with the uninterrupted run's metrics, row for row (timings aside)."""
+    from suite.launch import execute
+
+    cfg = kit_config(name, 2, results_dir=str(tmp / "killed"), train={"eval_every": 0.2})
+    result = kill_rank_at_checkpoint(cfg)
     assert result["status"] == "failed", result
     resumed = execute(cfg)  # the same command again
     assert resumed["status"] == "completed", resumed

@@ -19,7 +19,7 @@ from suite.checkpoint import Checkpoints
 from suite.config import ConfigError
 from suite.launch import execute
 from suite.record import METRIC_COLUMNS, RunDir
-from suite.train import HOLD_ENV
+from suite.testing import kill_rank_at_checkpoint
 
 
 def test_a_run_writes_a_complete_run_folder_and_is_skipped_on_rerun(tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_a_stop_request_checkpoints_mid_interval_and_resumes_exactly(tmp_path):
     assert resumed[0]["summary"]["final_test_acc"] == reference[0]["summary"]["final_test_acc"]
 
 
-def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path, monkeypatch):
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path):
     """kill -9 after two checkpoint sets, garble the newest on one rank: the resumed run
     uses the set before it, on every rank, and still ends with the uninterrupted metrics."""
     cfg = tiny_config(
@@ -169,19 +169,8 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_set(tmp_path, monke
         train={"data_epochs": 2.0, "eval_every": 0.2, "checkpoint_every": 0.2},
         protocol_kw={"local_steps": 3},
     )
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(execute(cfg)))
-    monkeypatch.setenv(HOLD_ENV, "1:2")  # rank 1 stands still after its second checkpoint
-    thread.start()
+    kill_rank_at_checkpoint(cfg, nth=2)
     ckpt = Checkpoints(tmp_path / "killed" / cfg.run_name(), 1)
-    deadline = time.monotonic() + 120
-    while len(ckpt.candidates()) < 2:
-        assert time.monotonic() < deadline and thread.is_alive(), "no second checkpoint"
-        time.sleep(0.02)
-    victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(60)
-    monkeypatch.delenv(HOLD_ENV)
     newest, previous = ckpt.candidates()
     (ckpt.folder / f"rank1-step{newest}.pt").write_bytes(b"garbled")
 

@@ -220,20 +220,18 @@ def test_suite_workers_ignore_an_inherited_local_rank(monkeypatch):
 
 
 def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_is_exact(
-    tmp_path, monkeypatch
+    tmp_path,
 ):
     """train.checkpoint_every apart from evaluation: killed after a checkpoint that is no
     evaluation point, the same command resumes there and ends as if never stopped."""
     import dataclasses
-    import multiprocessing
-    import signal
-    import threading
 
     from helpers import tiny_config
 
+    from suite.checkpoint import Checkpoints
     from suite.launch import execute
     from suite.record import RunDir
-    from suite.train import HOLD_ENV
+    from suite.testing import kill_rank_at_checkpoint
 
     cfg = tiny_config(
         "localsgd",
@@ -242,20 +240,9 @@ def test_checkpoints_follow_their_own_cadence_and_a_resume_between_evaluations_i
         train={"data_epochs": 2.0, "eval_every": 1.0, "checkpoint_every": 0.3},
         protocol_kw={"local_steps": 3},
     )
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(execute(cfg)))
-    monkeypatch.setenv(HOLD_ENV, "1")  # rank 1 stands still after its first checkpoint
-    thread.start()
-    latest = tmp_path / "killed" / cfg.run_name() / "checkpoint" / "latest.json"
-    deadline = time.monotonic() + 120
-    while not latest.exists():
-        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint"
-        time.sleep(0.02)
-    step = json.loads(latest.read_text())["step"]
-    victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(60)
-    monkeypatch.delenv(HOLD_ENV)
+    result = kill_rank_at_checkpoint(cfg)
+    step = Checkpoints(result["run_dir"], 0).latest_step()
+    assert step is not None
     assert result["status"] == "failed"
     run = RunDir(result["run_dir"])
     assert len(run.read_metrics()) == 0  # the checkpoint came before the first evaluation
