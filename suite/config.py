@@ -85,6 +85,7 @@ class DataConfig(Checked):
     batch_size: int = 32
     eval_batch_size: int = 100
     augment: bool = True
+    downsample: int = 1  # average pixels in k x k squares first (28x28 -> 14x14 at 2)
     # Only for name=synthetic (random tensors, for throughput work):
     num_train: int = 2048
     num_test: int = 512
@@ -226,6 +227,8 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     if data.get("name") != "synthetic":
         for key in SYNTHETIC_ONLY:
             data.pop(key, None)
+    if data.get("downsample", 1) == 1:  # added later: runs before it keep their names
+        data.pop("downsample", None)
     for section, families in (("model", MODEL_FAMILY_FIELDS), ("optim", OPTIM_FIELDS)):
         part = d.get(section, {})
         for family, fields in families.items():

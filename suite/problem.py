@@ -97,6 +97,8 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"workers must be an integer in 1..{MAX_WORKERS}, got {cfg.workers!r}")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+    if cfg.data.downsample < 1:
+        raise ConfigError(f"data.downsample must be >= 1 (1: as stored), got {cfg.data.downsample}")
     if min(cfg.train.data_epochs, cfg.train.eval_every, cfg.train.checkpoint_every) <= 0:
         raise ConfigError(
             "train.data_epochs, train.eval_every and train.checkpoint_every must be > 0"

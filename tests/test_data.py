@@ -111,7 +111,8 @@ def test_corrupt_file_is_a_clear_error(tmp_path, no_md5):
 
 def test_unknown_data_set_names_valid_choices():
     with pytest.raises(
-        ConfigError, match="digits, cifar10, cifar100, svhn, mnist, speech, synthetic"
+        ConfigError,
+        match="digits, cifar10, cifar100, svhn, mnist, fashion_mnist, speech, synthetic",
     ):
         load_dataset(DataConfig(name="imagenet"))
 

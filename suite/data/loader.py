@@ -22,6 +22,13 @@ import torch.nn.functional as F
 from suite.data.datasets import ImageDataset
 from suite.seeding import seeded_generator
 
+#: Stream tags: no two of a rank's generators may share a seed. The augmentation keeps
+#: its tag (its draws in every run so far stay as they were); the per-rank epoch orders
+#: of ``sharding=full`` carry their own (without it, epoch 7's order seed was the
+#: augmentation's: the same random stream drove both).
+AUG_STREAM = 7
+FULL_ORDER_STREAM = 11
+
 
 class Normalizer:
     """Raw image tensor → float, normalised per channel, on the device."""
@@ -81,7 +88,7 @@ class TrainBatches:
         self.normalize = Normalizer(ds, device)
         self.augment = augment and (ds.crop_padding > 0 or ds.flip)
         self.channels_last = channels_last and ds.train_x.dim() == 4
-        self.aug_gen = seeded_generator(seed, rank, 7)
+        self.aug_gen = seeded_generator(seed, rank, AUG_STREAM)
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order()
 
@@ -92,7 +99,8 @@ class TrainBatches:
     def _epoch_order(self) -> torch.Tensor:
         n = self.ds.num_train
         if self.sharding == "full":
-            return torch.randperm(n, generator=seeded_generator(self.seed, self.rank, self.epoch))
+            order = seeded_generator(self.seed, self.rank, self.epoch, FULL_ORDER_STREAM)
+            return torch.randperm(n, generator=order)
         perm = torch.randperm(n, generator=seeded_generator(self.seed, self.epoch))
         pad = (-n) % self.world
         if pad:
