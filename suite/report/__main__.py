@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from suite.report import analysis, figures
+from suite.report.claims import claims_table, load_claims
 from suite.report.comm import comm_per_round, comm_table
 from suite.report.load import Results, load_runs
 from suite.report.reported import compare
@@ -83,6 +84,8 @@ def table_specs(
 ) -> list[tuple[str, analysis.Table, str, str]]:
     """Every results table: (file name, table, caption, note)."""
     runs, metrics = results.runs, results.metrics
+    claims, problems = load_claims()
+    results.problems.extend(problems)
     return [
         (
             "accuracy",
@@ -122,6 +125,7 @@ def table_specs(
             "reported_vs_reproduced",
             *compare(runs),
         ),
+        ("claims", *claims_table(runs, metrics, claims)),
     ]
 
 
