@@ -28,6 +28,7 @@ import fnmatch
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def load_claims(extra: list[Path] | None = None) -> tuple[pd.DataFrame, list[tup
     path to a CSV with the same columns); returns them and the files that failed."""
     frames = [_read(CLAIMS_CSV)]
     problems: list[tuple[str, str]] = []
-    sources: list[tuple[str, Callable[[], Any]]] = [(str(p), lambda p=p: p) for p in extra or []]
+    sources: list[tuple[str, Callable[[], Any]]] = [(str(p), partial(Path, p)) for p in extra or []]
     sources += [
         (f"{ep.name} ({ep.value})", ep.load)
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
