@@ -47,6 +47,7 @@ def register() -> None:
     # Unique sweep dirs. Cached like Hydra's ${now:}: the launcher's value travels in the
     # pickled config to SLURM tasks, which must all write to the launcher's sweep dir.
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("per_worker", per_worker, replace=True)
     for name, cls in sorted(protocols.load_all().items()):
         defaults = _plain(dataclasses.asdict(cls.Config()))
         if not cls.selects:
@@ -57,6 +58,13 @@ def register() -> None:
             store.store(group="protocol", name=name, node=node, package="_global_")
         for resolver, fn in cls.resolvers().items():
             OmegaConf.register_new_resolver(resolver, fn, replace=True)
+
+
+def per_worker(epochs: float, workers: int) -> float:
+    """A budget stated per worker, as data-epochs (``${per_worker:40,${workers}}``): the
+    released ResIST script gives every worker ``epochs`` passes over the full training
+    set, so S workers process epochs x S training sets in all."""
+    return float(epochs) * int(workers)
 
 
 def _plain(value: Any) -> Any:

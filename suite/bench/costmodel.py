@@ -37,7 +37,8 @@ from suite.costmodel import TRAIN_FLOPS_PER_MAC, V100_TFLOPS, Link, hops, predic
 from suite.models.resnet import preact_resnet
 from suite.report.comm import paper_info, paper_model
 
-PAPER = {"batch": 128, "local_steps": 50, "data_epochs": 160, "num_train": 50_000}
+#: The released script's setting: 40 epochs per worker (40·S data-epochs at S workers).
+PAPER = {"batch": 128, "local_steps": 50, "epochs_per_worker": 40, "num_train": 50_000}
 
 
 def error_pct(predicted: float, measured: float) -> float:
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                 {"name": "resist", "local_steps": ell, "min_depth": depth.get(s, 0)},
             )
         ]
-        rows = project(info, configs, s, args.tflops, link, PAPER)
+        setting = {**PAPER, "data_epochs": PAPER["epochs_per_worker"] * s}
+        rows = project(info, configs, s, args.tflops, link, setting)
         base = next(r for r in rows if r["protocol"] == "localsgd")
         blocks = len(info.model.partitionable_blocks())  # type: ignore[operator]
         for r in rows:
