@@ -3,17 +3,23 @@
 ``Comm`` counts bytes and times every collective a protocol issues, so communication
 is accounted in one place, identically for every protocol. Three byte counts are kept:
 
-- ``bytes_paper``: the papers' convention, which counts the *logical* traffic of an
-  algorithm as a parameter server would see it: an all-reduce of b bytes is an upload
-  and a download by every rank (2b per rank; summed over ranks local SGD's 2·S·|θ|·4
-  per round), and every point-to-point transfer a protocol hands to ``exchange``
-  counts its bytes once, at the sender, including a rank's transfer to itself (its own
-  share of a scatter or gather, as the papers count it; it never touches the wire).
-  Counted here from the tensors handed over, never from a protocol's own arithmetic.
-- ``bytes_moved``: what this rank's collectives actually put on and took off the wire:
-  a ring all-reduce of b bytes sends and receives 2·(S-1)/S·b each; a point-to-point
-  transfer counts its bytes once at the sender and once at the receiver (a transfer
-  to oneself not at all).
+- ``bytes_moved``: **the suite's convention, the same for every operation**: what this
+  rank sends plus what it receives on the wire. A ring all-reduce of b bytes sends and
+  receives 2·(S-1)/S·b each (4·(S-1)/S·b in all); a point-to-point transfer of b counts
+  b at its sender and b at its receiver (a transfer to oneself: nothing). The same
+  traffic therefore counts the same whichever operation carries it (at two ranks an
+  all-reduce of b and a swap of b each way both count 2b per rank); figures and
+  cross-protocol comparisons use this count.
+- ``bytes_paper``: each paper's own accounting, kept so that every protocol's formula
+  (``paper_bytes_per_round``, the ResIST paper's Table 1) can be checked against what
+  the runs record. It is a parameter server's view: an all-reduce of b bytes is an
+  upload and a download by every rank (2b per rank; summed over ranks local SGD's
+  2·S·|θ|·4 per round), and a point-to-point transfer counts its bytes once, at the
+  sender, including a rank's transfer to itself (its own share of a scatter or gather,
+  as the papers count it). So the same wire traffic counts half as much when a protocol
+  moves it point-to-point (AuxNet, IST, ResIST's blocks) as when it is all-reduced:
+  compare protocols by ``bytes_moved``, not by this. Counted from the tensors handed
+  over, never from a protocol's own arithmetic.
 - ``bytes_payload``: bytes of tensor data this rank handed to collectives.
 
 Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and

@@ -117,8 +117,12 @@ def table_specs(
             "comm_recorded",
             analysis.comm_from_runs(runs),
             "Communication recorded by the runs (GB per round)",
-            "paper: every worker's sends plus receives (the papers' convention); moved: what the "
-            "collectives put on the wire.",
+            "moved: the suite's convention, the same for every operation: what each rank sends "
+            "plus what it receives on the wire, summed over ranks (compare protocols by this). "
+            "paper: each paper's own accounting (an all-reduce as a parameter server's upload "
+            "plus download, a point-to-point transfer once at its sender), which the papers' "
+            "formulas state; it counts point-to-point traffic (auxnet, ist, resist's blocks) "
+            "half as much as the same traffic all-reduced.",
         ),
         ("runs", analysis.runs_table(runs), "Every run read, with its group and status", ""),
         (
@@ -135,11 +139,11 @@ def _figures(results: Results, figs: Path) -> list[Path]:
     written: list[Path] = []
     written += figures.curves(metrics, "train_s", "training time (s)", figs, "accuracy_vs_time")
     if not metrics.empty:
-        gb = metrics.assign(gb=metrics["bytes"] / 1e9)
+        gb = metrics.assign(gb=metrics["bytes_moved"] / 1e9)
         written += figures.curves(
             gb,
             "gb",
-            "communicated (GB, paper convention)",
+            "communicated (GB sent + received on the wire, all ranks)",
             figs,
             "accuracy_vs_communication",
             logx=True,

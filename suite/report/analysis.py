@@ -324,21 +324,32 @@ def time_to_target(
 
 
 def comm_from_runs(runs: pd.DataFrame) -> Table:
-    """Recorded GB per round (paper convention and actually moved), per group."""
+    """Recorded MB per round (the suite's convention and the papers'), per group, to
+    three significant digits (a compressed protocol's small counts stay readable)."""
     done = runs[(runs.status == "completed") & (runs.rounds > 0)].copy()
     if done.empty:
         return Table(pd.DataFrame())
-    done["gb_round"] = done["bytes"] / done["rounds"] / 1e9
-    done["moved_round"] = done["bytes_moved"] / done["rounds"] / 1e9
+    done["moved_round"] = done["bytes_moved"] / done["rounds"] / 1e6
+    done["mb_round"] = done["bytes"] / done["rounds"] / 1e6
     rows: dict[str, dict[str, object]] = {}
     for gid, group in done.groupby("group", sort=False):
         rows[str(gid)] = {
             "steps per round": _num(group.steps.sum() / group.rounds.sum(), 1),
-            "GB per round (paper)": _num(group.gb_round.mean()),
-            "GB per round (moved)": _num(group.moved_round.mean()),
-            "total GB": f"{group['bytes'].mean() / 1e9:.3f}",
+            "MB per round (moved)": sig(group.moved_round.mean()),
+            "MB per round (paper)": sig(group.mb_round.mean()),
+            "total GB (moved)": sig(group["bytes_moved"].mean() / 1e9),
         }
     return _table(done, rows)
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, never in exponent form."""
+    if pd.isna(value):
+        return NA
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
 
 
 def runs_table(runs: pd.DataFrame) -> Table:
