@@ -57,15 +57,15 @@ def test_accuracy_matches_a_hand_computation(report):
 def test_time_and_speedups_match_a_hand_computation(report):
     md = (report[0] / "tables" / "train_time.md").read_text()
     assert "| 11.0 ± 1.4 | 2 | 1.00× (baseline) |" in _row(md, "localsgd", "2")
-    assert "| 5.5 ± 0.0 | 2 | 2.00× |" in _row(md, "ddp", "2")  # 11 / 5.5
-    assert "| geo. mean of 1 |  | 2.00× |" in _row(md, "all", "ddp")
+    assert "| 5.50 ± 0.00 | 2 | 2.00× |" in _row(md, "ddp", "2")  # 11 / 5.5, 3 digits
+    assert "| geo. mean of 1 of 1 rows |  | 2.00× |" in _row(md, "all", "ddp")
     target = (report[0] / "tables" / "time_to_target.md").read_text()
     # AlgoPerf: a run that never reaches 90 % counts as ∞. localsgd: only seed 0 reaches it
     # (at 10 s) of 4 runs, so the median is ∞; ddp: 3 s, 5.5 s and a failed seed: 5.5 s.
     assert "| ∞ (not reached) | 1/4 | 1.00× (baseline) |" in _row(target, "localsgd", "2")
     # Only ddp reaches it: a lower bound from localsgd's training times without reaching
     # it (10, 12, 4 and 0 s for the incomplete run: median 7 s), 7 / 5.5 = 1.27.
-    assert "| 5.5 | 2/3 | >1.27× |" in _row(target, "ddp", "2")
+    assert "| 5.50 | 2/3 | >1.27× |" in _row(target, "ddp", "2")
 
 
 def test_communication_and_failed_runs_are_shown(report):

@@ -140,7 +140,7 @@ def test_time_to_target_counts_a_seed_that_never_reaches_it_as_infinite(tmp_path
     r = load_runs(tmp_path)
     table = analysis.time_to_target(r.runs, r.metrics, 0.8, "localsgd")
     local = _rows(table, protocol="localsgd")
-    assert list(local["median time to 80% (s)"]) == ["6.0"] and list(local.reached) == ["2/3"]
+    assert list(local["median time to 80% (s)"]) == ["6.00"] and list(local.reached) == ["2/3"]
     resist = _rows(table, protocol="resist")
     assert list(resist["median time to 80% (s)"]) == ["∞ (not reached)"]
     assert list(resist.reached) == ["1/3"]

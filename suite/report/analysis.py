@@ -64,6 +64,18 @@ def fmt(s: dict[str, float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
+def fmt_sig(s: dict[str, float], digits: int = 3) -> str:
+    """``mean ± std`` with the mean to ``digits`` significant digits and the std to as
+    many decimals, so two times that differ show the difference."""
+    if s["n"] == 0:
+        return NA
+    mean = sig(s["mean"], digits)
+    if s["n"] == 1:
+        return mean
+    decimals = len(mean.split(".")[1]) if "." in mean else 0
+    return f"{mean} ± {s['std']:.{decimals}f}"
+
+
 def geomean(values: list[float]) -> float:
     """Geometric mean of positive finite values (NaN if there are none)."""
     v = [x for x in values if x > 0 and math.isfinite(x)]
@@ -223,7 +235,7 @@ def time_table(runs: pd.DataFrame, baseline: str) -> Table:
         s = summarize(group["train_s"])
         dup = duplicate_seeds(group)
         means[gid] = math.nan if dup else s["mean"]
-        rows[gid] = {"train time (s)": dup or fmt(s, 1, 1), "n": str(s["n"])}
+        rows[gid] = {"train time (s)": dup or fmt_sig(s), "n": str(s["n"])}
     bases = _baselines(done, baseline)
     speedups: dict[str, float] = {}
     for gid, row in rows.items():
@@ -243,7 +255,8 @@ def time_table(runs: pd.DataFrame, baseline: str) -> Table:
 
 
 def _with_geomean(table: Table, runs: pd.DataFrame, speedups: dict[str, float]) -> Table:
-    """One geometric-mean row per protocol label over the rows with a numeric speedup."""
+    """One geometric-mean row per protocol label over the rows with a numeric speedup,
+    saying which rows it leaves out (bounds, no baseline, the baseline itself)."""
     if not speedups:
         return table
     firsts = _firsts(runs)
@@ -254,7 +267,11 @@ def _with_geomean(table: Table, runs: pd.DataFrame, speedups: dict[str, float]) 
         if values:
             row = {c: "all" for c in shown.columns}
             row |= {"protocol": label, "speedup": f"{geomean(values):.2f}×"}
-            row[table.frame.columns[len(shown.columns)]] = f"geo. mean of {len(values)}"
+            left = len(gids) - len(values)
+            covers = f"geo. mean of {len(values)} of {len(gids)} rows"
+            if left:
+                covers += f" ({left} left out: bounds or no like baseline)"
+            row[table.frame.columns[len(shown.columns)]] = covers
             extra.append(row)
     frame = pd.concat([table.frame, pd.DataFrame(extra)], ignore_index=True)
     return Table(frame.fillna("").astype(str), table.common)
@@ -290,7 +307,7 @@ def time_to_target(
         reached = int(np.isfinite(t).sum())
         median = medians[gid][0]
         rows[gid] = {
-            label: dup or (f"{median:.1f}" if math.isfinite(median) else "∞ (not reached)"),
+            label: dup or (sig(median) if math.isfinite(median) else "∞ (not reached)"),
             "reached": f"{reached}/{len(group)}",
         }
         if dup:
