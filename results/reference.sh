@@ -6,9 +6,10 @@
 #   bash results/reference.sh [results folder, default results/reference]
 # On this machine (2 CPU cores, no GPU): about 90 minutes of compute in all; README
 # "The reference result set" gives each part's measured time and why this scale.
-set -euo pipefail
+set -uo pipefail
 out=${1:-results/reference}
-sweep() { python -m suite.run -m "$@" results_dir="$out"; }
+status=0  # a failed point fails the script at the end, after every other sweep ran
+sweep() { python -m suite.run -m "$@" results_dir="$out" || status=$?; }
 
 # 1. Fashion-MNIST (60,000 + 10,000 real 28x28 images), pre-act ResNet-101 x1/8 (stage 3
 #    keeps its 22 partitionable blocks) on 14x14 inputs (data.downsample=2: a quarter of
@@ -39,3 +40,4 @@ sweep protocol=powersgd,auxnet data=fashion_mnist data.downsample=2 optim.lr=0.0
     train.data_epochs=2 train.eval_every=0.5 workers=2 seed=0
 sweep protocol=diloco data=fashion_mnist data.downsample=2 train.data_epochs=2 \
     train.eval_every=0.5 workers=2 seed=0
+exit "$status"
