@@ -111,6 +111,7 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     else:
         run["status"] = "incomplete"  # no summary: still running, or killed hard
+    run.update(_environment(folder))
     rows = []
     metrics_path = folder / "metrics.jsonl"
     if metrics_path.exists():
@@ -122,6 +123,25 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             except ValueError as err:
                 raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
     return run, rows
+
+
+#: Where a run executed (from its env.json; for captions, never for grouping).
+ENV_FIELDS = ("env.cpu", "env.cpu_count", "env.gpus", "env.threads_per_worker")
+
+
+def _environment(folder: Path) -> dict[str, Any]:
+    """The machine a run executed on, from ``env.json`` (missing or unreadable: none)."""
+    try:
+        env = json.loads((folder / "env.json").read_text())
+        gpus = env.get("gpus") or []
+        return {
+            "env.cpu": env.get("cpu"),
+            "env.cpu_count": env.get("cpu_count"),
+            "env.gpus": ", ".join(gpus) if isinstance(gpus, list) else str(gpus),
+            "env.threads_per_worker": env.get("threads_per_worker"),
+        }
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 _SUMMARY_FIELDS = (
@@ -163,7 +183,7 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
         rows.append((run["run"], metric_rows))
     configs = sorted({k for r in runs for k in r if k.startswith(CONFIG_PREFIXES)})
     configs += [k for k in ("device", "link", "backend") if any(k in r for r in runs)]
-    columns = [*RUN_KEYS, *_SUMMARY_FIELDS, *configs]
+    columns = [*RUN_KEYS, *_SUMMARY_FIELDS, *ENV_FIELDS, *configs]
     run_df = pd.DataFrame(runs, columns=columns)
     run_df = run_df.sort_values(["data", "protocol", "workers", "seed", "run"]).reset_index(
         drop=True
