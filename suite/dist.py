@@ -9,12 +9,16 @@ is accounted in one place, identically for every protocol. Three byte counts are
   per round), and every point-to-point transfer a protocol hands to ``exchange``
   counts its bytes once, at the sender, including a rank's transfer to itself (its own
   share of a scatter or gather, as the papers count it; it never touches the wire).
+  An all-gather of b bytes per rank is an upload of b and a download of the other
+  S-1 ranks' b each (S·b per rank; a rank does not download its own share).
   Counted here from the tensors handed over, never from a protocol's own arithmetic.
 - ``bytes_moved``: what this rank's collectives actually put on and took off the wire:
   a ring all-reduce of b bytes sends and receives 2·(S-1)/S·b each; a point-to-point
   transfer counts its bytes once at the sender and once at the receiver (a transfer
-  to oneself not at all).
-- ``bytes_payload``: bytes of tensor data this rank handed to collectives.
+  to oneself not at all); a ring all-gather of b bytes per rank sends and receives
+  (S-1)·b each, 2·(S-1)·b in all.
+- ``bytes_payload``: bytes of tensor data this rank handed to collectives (b for an
+  all-reduce or an all-gather of b bytes).
 
 Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and
 are not counted: they are instrumentation, not part of any protocol. A ``Comm`` with
@@ -174,6 +178,21 @@ class Comm:
         ring = 2 * 2 * (self.world_size - 1) * nbytes // self.world_size
         self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes, ring)
         unflatten_into(flat.div_(self.world_size) if mean else flat, tensors)
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor``, in rank order (one collective): each rank hands over a
+        tensor of the same shape and dtype and gets all S of them back as a list of new
+        tensors (its own included, as a copy). Counts b = ``tensor``'s bytes as payload,
+        S·b paper bytes (upload b, download the other S-1) and 2·(S-1)·b moved (a ring).
+        At world size 1: ``[tensor.clone()]``, no collective, nothing counted."""
+        flat = tensor.detach().contiguous()
+        if self.world_size == 1:
+            return [flat.clone()]
+        out = [torch.empty_like(flat) for _ in range(self.world_size)]
+        nbytes = flat.numel() * flat.element_size()
+        others = (self.world_size - 1) * nbytes
+        self._timed(lambda: dist.all_gather(out, flat), nbytes, nbytes + others, 2 * others)
+        return out
 
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from
