@@ -48,10 +48,12 @@ HOLD_ENV = "COMMBENCH_TEST_HOLD_RANK_AFTER_CHECKPOINT"
 
 @dataclass
 class TrainResult:
-    """What a rank ends with: the run's summary and the final global model."""
+    """What a rank ends with: the run's summary and the final global model (and the
+    protocol, for the contract kit's look at what each rank holds)."""
 
     summary: dict[str, Any]
     model: nn.Module
+    protocol: Protocol[Any] | None = None
 
 
 class Preempted(Exception):
@@ -498,7 +500,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
             run.logger.finish(summary)
         if run.checkpoints is not None:
             run.checkpoints.remove()  # a finished run keeps its results, not its state
-    return TrainResult(summary, run.protocol.eval_model())
+    return TrainResult(summary, run.protocol.eval_model(), run.protocol)
 
 
 def peak_memory(device: torch.device) -> int:
