@@ -258,7 +258,10 @@ class Protocol(ABC, Generic[C]):
         return dict(self.model.named_parameters())
 
     def stats(self) -> dict[str, float]:
-        """Protocol-specific measurements for the summary (reduced by max over ranks)."""
+        """Protocol-specific measurements, by name: every metrics row carries them as
+        ``stats.<name>`` and the summary as ``protocol_stats``, each the largest over
+        ranks. Every rank returns the same names; a name ending in ``_s`` is a time
+        (the contract kit's resume check ignores those, as it does the row's timings)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -69,6 +69,12 @@ SMALL = (
 TIMING = {"train_s", "compute_s", "comm_s"}
 
 
+def timing(key: str) -> bool:
+    """A metrics key that measures time (differs between identical runs): the row's
+    timings and any protocol statistic in seconds (``stats.<name>_s``)."""
+    return key in TIMING or (key.startswith("stats.") and key.endswith("_s"))
+
+
 class NotApplicable(Exception):
     """A check that does not apply to this protocol (``protocol=single`` has no second
     rank); the suite's tests skip it, saying why."""
@@ -190,8 +196,8 @@ def check_resume_after_kill(name: str, tmp: Path) -> None:
     want = RunDir(reference["run_dir"]).read_metrics()
     assert len(got) == len(want) >= 8
     for a, b in zip(got, want, strict=True):
-        assert {k: v for k, v in a.items() if k not in TIMING} == {
-            k: v for k, v in b.items() if k not in TIMING
+        assert {k: v for k, v in a.items() if not timing(k)} == {
+            k: v for k, v in b.items() if not timing(k)
         }, (name, a, b)
     for key in ("final_test_acc", "bytes", "bytes_moved", "steps", "rounds"):
         assert resumed[key] == reference[key], key
