@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import commbench_topk  # noqa: F401 - registers protocol "topk"
+import commbench_topk  # registers protocol "topk"
 
 import protocols
 from suite.dist import Comm
@@ -68,3 +68,37 @@ def test_density_one_has_data_parallels_metrics_row_for_row(tmp_path):
         assert {k: v for k, v in a.items() if k not in skip} == {
             k: v for k, v in b.items() if k not in skip
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class RotatedConfig(commbench_topk.TopKConfig):
+    name: str = "topk_rotated"
+
+
+class Rotated(commbench_topk.TopK):
+    """A subtly broken top-k: each rank sums the gathered gradients starting from its
+    own. The same sum up to rounding, so rank 0 alone looks right, but at three ranks
+    the replicas drift apart by rounding.
+
+    Per step: as top-k.
+    """
+
+    name = "topk_rotated"
+    Config = RotatedConfig
+    equivalences = ()
+
+    def after_backward(self, work):
+        gather, me = self.comm.all_gather, self.comm.rank
+        self.comm.all_gather = lambda t: (lambda p: p[me:] + p[:me])(gather(t))
+        try:
+            super().after_backward(work)
+        finally:
+            del self.comm.all_gather
+
+
+def test_the_kit_catches_ranks_that_sum_in_different_orders(tmp_path):
+    from suite.testing import check_replicas_agree
+
+    check_replicas_agree("topk", tmp_path, workers=3)
+    with pytest.raises(AssertionError, match="holds other values than rank 0"):
+        check_replicas_agree("topk_rotated", tmp_path, workers=3)
