@@ -39,19 +39,33 @@ def load_all() -> dict[str, type[Protocol[Any]]]:
     the registry. A plugin that fails to import is an error naming it."""
     global _loaded
     if not _loaded:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name not in _NOT_PROTOCOLS and not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                entry.load()
-            except Exception as err:
-                raise ConfigError(
-                    f"the protocol plugin {entry.name!r} ({entry.value}) failed to load: "
-                    f"{type(err).__name__}: {err}"
-                ) from err
+        load_shipped()
+        for entry, err in load_plugins():
+            raise ConfigError(
+                f"the protocol plugin {entry.name!r} ({entry.value}) failed to load: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         _loaded = True
     return REGISTRY
+
+
+def load_shipped() -> None:
+    """Import every protocol module of this package (each registers its class)."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_PROTOCOLS and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def load_plugins() -> list[tuple[metadata.EntryPoint, Exception]]:
+    """Load every installed plugin's entry point; those that failed, with their errors
+    (``load_all`` raises on the first; ``python -m suite.list`` lists them all)."""
+    failed = []
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as err:
+            failed.append((entry, err))
+    return failed
 
 
 def get(name: str) -> type[Protocol[Any]]:

@@ -110,6 +110,7 @@ class AuxNet(Protocol[AuxNetConfig]):
     title = "AuxNet layer-parallel"
     style = ("#cc78bc", "v")
     same_batch_on_all_ranks = True
+    replicas_agree_after_round = False  # rank k holds module k (and its AuxNet) only
     equivalences = (
         Equivalence(
             "a serial warm-up over the whole budget: backpropagation, as one worker",

@@ -134,6 +134,12 @@ class Protocol(ABC, Generic[C]):
     selects: ClassVar[Mapping[str, str]] = {}
     #: Sequential point-to-point messages per round besides the all-reduces (cost model).
     point_to_point_hops: ClassVar[int] = 0
+    #: After every round all ranks hold the same global model, every parameter equal bit
+    #: for bit (BN running statistics aside: each rank's own). True for data-parallel
+    #: protocols that average; False where ranks legitimately hold different models or
+    #: parts of one (layer-parallel, sub-networks, gossip); those name what they do share
+    #: in :meth:`agreed_state`. ``suite.testing`` compares it across real ranks.
+    replicas_agree_after_round: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -243,8 +249,19 @@ class Protocol(ABC, Generic[C]):
         """The full global model, as a user would deploy it."""
         return self.model
 
+    def agreed_state(self) -> dict[str, torch.Tensor]:
+        """The tensors every rank holds identically after a round, by name: all parameters
+        when ``replicas_agree_after_round``, else none; a protocol whose ranks share part
+        of the model (averaged layers) names that part."""
+        if not self.replicas_agree_after_round:
+            return {}
+        return dict(self.model.named_parameters())
+
     def stats(self) -> dict[str, float]:
-        """Protocol-specific measurements for the summary (reduced by max over ranks)."""
+        """Protocol-specific measurements, by name: every metrics row carries them as
+        ``stats.<name>`` and the summary as ``protocol_stats``, each the largest over
+        ranks. Every rank returns the same names; a name ending in ``_s`` is a time
+        (the contract kit's resume check ignores those, as it does the row's timings)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

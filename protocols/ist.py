@@ -126,6 +126,7 @@ class IST(Protocol[ISTConfig]):
     title = "IST"
     style = ("#d55e00", "D")
     selects = {"model": "mlp"}
+    replicas_agree_after_round = False  # each rank holds its subnet; shared: agreed_state
     equivalences = (
         Equivalence(
             "at one worker: plain SGD (momentum-free: a fresh optimizer every round)",
@@ -278,6 +279,10 @@ class IST(Protocol[ISTConfig]):
             self.comm.all_reduce_mean_([self.part[s.name] for s in shared])
             for s in shared:
                 self.full[s.name].copy_(self.part[s.name])
+
+    def agreed_state(self) -> dict[str, torch.Tensor]:
+        """What every rank holds alike after a round: the averaged shared tensors."""
+        return {s.name: self.full[s.name] for s in self.slots if s.key is None}
 
     @torch.no_grad()
     def gather_for_eval(self) -> None:

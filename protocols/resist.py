@@ -150,6 +150,7 @@ class ResIST(Protocol[ResISTConfig]):
     title = "ResIST"
     style = ("#029e73", "^")
     point_to_point_hops = 2  # blocks to their averaging holder, then on to the next ones
+    replicas_agree_after_round = False  # blocks live on their holders; see agreed_state
     equivalences = (
         Equivalence(
             "at one worker with the optimizer kept (every block active): plain SGD",
@@ -337,6 +338,13 @@ class ResIST(Protocol[ResISTConfig]):
                     received[b][i].append(recvs[peer][offset : offset + t.numel()].view_as(t))
                     offset += t.numel()
         return received
+
+    def agreed_state(self) -> dict[str, torch.Tensor]:
+        """What every rank holds alike after a round: the shared layers (averaged),
+        BN statistics included; the blocks live on their holders."""
+        shared = {id(t) for t in self.shared}
+        named = [*self.model.named_parameters(), *self.model.named_buffers()]
+        return {n: t for n, t in named if id(t) in shared}
 
     @torch.no_grad()
     def gather_for_eval(self) -> None:

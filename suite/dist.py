@@ -6,7 +6,8 @@ is accounted in one place, identically for every protocol. Three byte counts are
 - ``bytes_moved``: **the suite's convention, the same for every operation**: what this
   rank sends plus what it receives on the wire. A ring all-reduce of b bytes sends and
   receives 2·(S-1)/S·b each (4·(S-1)/S·b in all); a point-to-point transfer of b counts
-  b at its sender and b at its receiver (a transfer to oneself: nothing). The same
+  b at its sender and b at its receiver (a transfer to oneself: nothing); a ring
+  all-gather of b bytes per rank sends and receives (S-1)·b each. The same
   traffic therefore counts the same whichever operation carries it (at two ranks an
   all-reduce of b and a swap of b each way both count 2b per rank); figures and
   cross-protocol comparisons use this count.
@@ -16,11 +17,13 @@ is accounted in one place, identically for every protocol. Three byte counts are
   upload and a download by every rank (2b per rank; summed over ranks local SGD's
   2·S·|θ|·4 per round), and a point-to-point transfer counts its bytes once, at the
   sender, including a rank's transfer to itself (its own share of a scatter or gather,
-  as the papers count it). So the same wire traffic counts half as much when a protocol
+  as the papers count it). An all-gather of b per rank is an upload of b and a download
+  of the other S-1 shares (S·b per rank). So the same wire traffic counts half as much when a protocol
   moves it point-to-point (AuxNet, IST, ResIST's blocks) as when it is all-reduced:
   compare protocols by ``bytes_moved``, not by this. Counted from the tensors handed
   over, never from a protocol's own arithmetic.
-- ``bytes_payload``: bytes of tensor data this rank handed to collectives.
+- ``bytes_payload``: bytes of tensor data this rank handed to collectives (b for an
+  all-reduce or an all-gather of b bytes).
 
 Measurement collectives (clock sync, metric reduction) go through ``reduce_stats`` and
 are not counted: they are instrumentation, not part of any protocol. A ``Comm`` with
@@ -180,6 +183,21 @@ class Comm:
         ring = 2 * 2 * (self.world_size - 1) * nbytes // self.world_size
         self._timed(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), nbytes, 2 * nbytes, ring)
         unflatten_into(flat.div_(self.world_size) if mean else flat, tensors)
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor``, in rank order (one collective): each rank hands over a
+        tensor of the same shape and dtype and gets all S of them back as a list of new
+        tensors (its own included, as a copy). Counts b = ``tensor``'s bytes as payload,
+        S·b paper bytes (upload b, download the other S-1) and 2·(S-1)·b moved (a ring).
+        At world size 1: ``[tensor.clone()]``, no collective, nothing counted."""
+        flat = tensor.detach().contiguous()
+        if self.world_size == 1:
+            return [flat.clone()]
+        out = [torch.empty_like(flat) for _ in range(self.world_size)]
+        nbytes = flat.numel() * flat.element_size()
+        others = (self.world_size - 1) * nbytes
+        self._timed(lambda: dist.all_gather(out, flat), nbytes, nbytes + others, 2 * others)
+        return out
 
     def exchange(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         """Point-to-point: send ``sends[peer]`` to each peer and fill ``recvs[peer]`` from

@@ -11,7 +11,11 @@ and run by the suite's own tests over every registered protocol:
 - :func:`check_resume_after_kill`: kill -9 of a worker after a checkpoint, then the same
   command again, ends with the uninterrupted run's metrics, row for row (timings aside);
 - :func:`check_equivalences`: every degenerate case the protocol declares
-  (``Protocol.equivalences``) holds on real ranks.
+  (``Protocol.equivalences``) holds on real ranks;
+- :func:`check_replicas_agree`: after a 3-rank run, every rank holds what the protocol
+  declares they share (``Protocol.agreed_state``: the whole model when
+  ``replicas_agree_after_round``), bit for bit: replicas that drift apart, or an error
+  feedback that leaves ranks with different steps, fail it.
 
 Each runs a small problem chosen for the protocol: the first shared model it supports
 (ResNet-34 at width 1/16, or a 2-layer MLP of width 48) on scikit-learn's digits, with
@@ -63,6 +67,12 @@ SMALL = (
     "launcher.timeout_s=120",
 )
 TIMING = {"train_s", "compute_s", "comm_s"}
+
+
+def timing(key: str) -> bool:
+    """A metrics key that measures time (differs between identical runs): the row's
+    timings and any protocol statistic in seconds (``stats.<name>_s``)."""
+    return key in TIMING or (key.startswith("stats.") and key.endswith("_s"))
 
 
 class NotApplicable(Exception):
@@ -186,8 +196,8 @@ def check_resume_after_kill(name: str, tmp: Path) -> None:
     want = RunDir(reference["run_dir"]).read_metrics()
     assert len(got) == len(want) >= 8
     for a, b in zip(got, want, strict=True):
-        assert {k: v for k, v in a.items() if k not in TIMING} == {
-            k: v for k, v in b.items() if k not in TIMING
+        assert {k: v for k, v in a.items() if not timing(k)} == {
+            k: v for k, v in b.items() if not timing(k)
         }, (name, a, b)
     for key in ("final_test_acc", "bytes", "bytes_moved", "steps", "rounds"):
         assert resumed[key] == reference[key], key
@@ -233,6 +243,36 @@ def check_equivalences(name: str, tmp: Path) -> None:
             assert torch.allclose(a["state"][key], value, atol=eq.atol), (name, eq.claim, key)
 
 
+def agreed_state_rank(rank: int, comm: Comm, cfg: RunConfig) -> dict[str, Any]:
+    """For ``run_ranks``: train ``cfg`` on this rank; what its protocol declares every rank
+    holds alike after a round (``Protocol.agreed_state``), as CPU copies."""
+    from suite.train import train
+
+    protocol = train(cfg, comm, CPU).protocol
+    assert protocol is not None
+    return {k: t.detach().cpu().clone() for k, t in protocol.agreed_state().items()}
+
+
+def check_replicas_agree(name: str, tmp: Path, workers: int = 3) -> None:
+    """After a short real run (which ends with a round's aggregation), every rank holds
+    the same ``agreed_state`` as rank 0, bit for bit."""
+    from suite.spawn import run_ranks
+
+    cfg = kit_config(name, workers, train={"data_epochs": 0.3, "eval_every": 0.3})
+    states = run_ranks(agreed_state_rank, workers, tmp, cfg)
+    cls = protocols.get(name)
+    if cls.replicas_agree_after_round:
+        assert states[0], f"{name} declares replicas but agreed_state() names no tensor"
+    for rank, state in enumerate(states[1:], 1):
+        assert state.keys() == states[0].keys(), (name, rank)
+        differ = [k for k, t in state.items() if not torch.equal(t, states[0][k])]
+        assert not differ, (
+            f"{name}: after the run rank {rank} holds other values than rank 0 in {differ}, "
+            f"which the protocol declares every rank shares (replicas_agree_after_round="
+            f"{cls.replicas_agree_after_round}, agreed_state)"
+        )
+
+
 def contract(name: str) -> list[Callable[[Path], None]]:
     """The checks of protocol ``name``, each a function of a temporary folder (pytest's
     ``tmp_path``), named ``<name>-<check>``."""
@@ -252,7 +292,17 @@ def contract(name: str) -> list[Callable[[Path], None]]:
     def equivalences(tmp: Path) -> None:
         check_equivalences(name, tmp)
 
-    checks: list[Callable[[Path], None]] = [refusals, two_ranks, three_ranks, resume, equivalences]
+    def replicas(tmp: Path) -> None:
+        check_replicas_agree(name, tmp)
+
+    checks: list[Callable[[Path], None]] = [
+        refusals,
+        two_ranks,
+        three_ranks,
+        resume,
+        equivalences,
+        replicas,
+    ]
     for fn in checks:
         fn.__name__ = f"{name}-{fn.__name__}"
     return checks

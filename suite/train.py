@@ -48,10 +48,12 @@ HOLD_ENV = "COMMBENCH_TEST_HOLD_RANK_AFTER_CHECKPOINT"
 
 @dataclass
 class TrainResult:
-    """What a rank ends with: the run's summary and the final global model."""
+    """What a rank ends with: the run's summary and the final global model (and the
+    protocol, for the contract kit's look at what each rank holds)."""
 
     summary: dict[str, Any]
     model: nn.Module
+    protocol: Protocol[Any] | None = None
 
 
 class Preempted(Exception):
@@ -355,7 +357,17 @@ def _measure(run: Run, state: LoopState, clock: Clock) -> dict[str, Any]:
         "bytes_payload": int(payload),
         "lr": state.lr,
         "train_loss": losses / max(count, 1),
+        **{f"stats.{k}": v for k, v in protocol_stats(run).items()},
     }
+
+
+def protocol_stats(run: Run) -> dict[str, float]:
+    """The protocol's ``stats()``, each the largest over ranks (a measurement collective:
+    every rank calls it; not counted)."""
+    stats = run.protocol.stats()
+    names = sorted(stats)
+    values = run.comm.reduce_stats([stats[n] for n in names], op="max") if names else []
+    return dict(zip(names, values, strict=True))
 
 
 def _report_progress(run: Run, row: dict[str, Any]) -> None:
@@ -469,9 +481,7 @@ def _resume(run: Run) -> LoopState:
 
 def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
     """The run's summary (rank 0 writes it and drops the checkpoints)."""
-    stats = run.protocol.stats()
-    names = sorted(stats)
-    values = run.comm.reduce_stats([stats[n] for n in names], op="max") if names else []
+    stats = protocol_stats(run)
     (peak,) = run.comm.reduce_stats([float(peak_memory(run.device))], op="max")
     final = state.final
     summary = {
@@ -488,7 +498,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "steps": state.step,
         "rounds": state.rnd,
         "data_epochs": run.budget.epoch(state.step),
-        "protocol_stats": dict(zip(names, values, strict=True)),
+        "protocol_stats": stats,
         "peak_memory_bytes": int(peak),  # the largest rank's (GPU: allocated; CPU: RSS)
         "started_unix": run.started,
     }
@@ -498,7 +508,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
             run.logger.finish(summary)
         if run.checkpoints is not None:
             run.checkpoints.remove()  # a finished run keeps its results, not its state
-    return TrainResult(summary, run.protocol.eval_model())
+    return TrainResult(summary, run.protocol.eval_model(), run.protocol)
 
 
 def peak_memory(device: torch.device) -> int:

@@ -46,6 +46,7 @@ class Gossip(Protocol[GossipConfig]):
     name = "gossip"
     Config = GossipConfig
     title = "gossip SGD (ring)"
+    replicas_agree_after_round = False  # models agree only in expectation
     equivalences = (
         Equivalence(
             "two workers: local SGD (the one neighbour's average is the global one)",

@@ -1,0 +1,96 @@
+"""``python -m suite.list``: what is installed and how to choose it on the command line.
+
+Protocols (shipped and from plugins: name, title, the package it comes from, its knobs
+with their defaults), data sets, models and optimizers (their config-group defaults),
+and every installed plugin that failed to load, with its error. Exits 0 either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+import protocols
+from suite.data import DATASETS
+
+CONF = Path(__file__).parent / "conf"
+
+
+def knobs(values: Mapping[str, Any]) -> str:
+    """``a=1 b=x`` (or ``(no knobs)``)."""
+    return " ".join(f"{k}={v}" for k, v in values.items()) or "(no knobs)"
+
+
+def group_defaults(group: str) -> dict[str, dict[str, Any]]:
+    """Each option of a config group (``suite/conf/<group>/*.yaml``): its values but the name."""
+    out = {}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        assert isinstance(values, dict)
+        out[path.stem] = {str(k): v for k, v in values.items() if k != "name"}
+    return out
+
+
+def distribution_of(module: str, plugins: Mapping[str, str]) -> str:
+    """The installed package a protocol's module comes from."""
+    top = module.split(".")[0]
+    if top == "protocols":
+        return "commbench"
+    if top in plugins:
+        return plugins[top]
+    found = metadata.packages_distributions().get(top)
+    return found[0] if found else f"module {module} (not an installed package)"
+
+
+def protocol_lines(plugins: Mapping[str, str]) -> list[str]:
+    """One line per registered protocol (after ``load_shipped`` and ``load_plugins``)."""
+    lines = []
+    for name, cls in sorted(protocols.REGISTRY.items()):
+        config = {f.name: f.default for f in dataclasses.fields(cls.Config) if f.name != "name"}
+        title = cls.title or name
+        source = distribution_of(cls.__module__, plugins)
+        lines.append(f"  {name:<14} {title!r} from {source}: {knobs(config)}")
+    return lines
+
+
+def section(title: str, rows: Iterable[str]) -> list[str]:
+    rows = list(rows)
+    return [f"{title} ({len(rows)}):", *(rows or ["  (none)"]), ""]
+
+
+def report() -> str:
+    """The whole listing."""
+    protocols.load_shipped()
+    failed = protocols.load_plugins()  # a broken plugin is listed, not raised
+    plugins = {}
+    for entry in metadata.entry_points(group=protocols.ENTRY_POINT_GROUP):
+        dist = getattr(entry, "dist", None)
+        if dist is not None:
+            plugins[entry.value.split(":")[0].split(".")[0]] = dist.metadata["Name"]
+    data = group_defaults("data")
+    lines = section("protocols (protocol=<name>, protocol.<knob>=...)", protocol_lines(plugins))
+    lines += section(
+        "data sets (data=<name>, data.<knob>=...)",
+        (f"  {n:<14} {knobs(data.get(n, {}))}" for n in DATASETS),
+    )
+    for group, title in (("model", "models"), ("optim", "optimizers")):
+        rows = (f"  {n:<14} {knobs(v)}" for n, v in group_defaults(group).items())
+        lines += section(f"{title} ({group}=<name>, {group}.<knob>=...)", rows)
+    lines += section(
+        f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP} that failed to load)",
+        (f"  {e.name} ({e.value}): {type(err).__name__}: {err}" for e, err in failed),
+    )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    print(report(), end="")
+
+
+if __name__ == "__main__":
+    main()
