@@ -31,7 +31,7 @@ from suite import loggers, netem, problem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
-from suite.record import RunDir, environment
+from suite.record import RunDir, changed_environment, environment
 from suite.spawn import Outcome, signal_name, start_ranks
 from suite.train import Preempted, train
 
@@ -40,6 +40,10 @@ log = logging.getLogger("suite")
 
 class RunBusy(ConfigError):
     """The run folder is in use by another launcher (the same run started twice)."""
+
+
+class EnvChanged(ConfigError):
+    """A resume whose code, libraries or threads differ from the run's first attempt."""
 
 
 @contextlib.contextmanager
@@ -202,10 +206,12 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
             summary = run_task(rdv, cfg, run)
         if rdv.rank != 0:
             return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
+        end_attempt(run, summary)
     else:
         with run_lock(cfg):
             prepare(cfg, run)
             summary = spawn_local(cfg, run)
+            end_attempt(run, summary)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
 
@@ -213,15 +219,39 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
 def prepare(cfg: RunConfig, run: RunDir) -> None:
     """The one place a run folder is set up: resumed in place when a complete checkpoint
     set is there (an earlier attempt's errors moved to ``attempts/``), otherwise made
-    afresh (an earlier unfinished attempt moved aside) with its config and environment."""
+    afresh (an earlier unfinished attempt moved aside) with its config and environment.
+    Each attempt's environment is recorded in ``attempts/<n>.json``; a resume whose code,
+    libraries or threads differ from the first attempt's is refused (``EnvChanged``)
+    unless ``launcher.allow_changed_env``."""
+    device = str(pick_device(cfg.launcher.device, 0).type)
+    env = environment(cfg.workers, device, threads_per_worker(cfg))
     if cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step():
+        changed = changed_environment(run.first_environment() or env, env)
+        if changed and not cfg.launcher.allow_changed_env:
+            raise EnvChanged(
+                f"{run.path.name} cannot resume: since its first attempt "
+                f"({run.path.name}/attempts/1.json) {'; '.join(changed)}; resuming would mix "
+                "two setups in one result. Restore them, start afresh with force=true, or "
+                "resume anyway with launcher.allow_changed_env=true"
+            )
         print(f"[resume] {run.path} from its last checkpoint")
+        if changed:
+            print(f"[resume] with a changed environment (allowed): {'; '.join(changed)}")
         run.archive_errors()
+        run.start_attempt({**env, "resumed": True, "changed": changed})
         return
     run.prepare()
     run.write_config(cfg.to_dict())
-    device = str(pick_device(cfg.launcher.device, 0).type)
-    run.write_env(environment(cfg.workers, device, threads_per_worker(cfg)))
+    run.write_env(env)
+    run.start_attempt({**env, "resumed": False})
+
+
+def end_attempt(run: RunDir, summary: dict[str, Any]) -> None:
+    """Record how this attempt ended, if the run folder can still be written."""
+    try:
+        run.end_attempt(summary)
+    except (OSError, ValueError) as err:
+        log.warning("could not record the end of this attempt in %s: %s", run.attempts, err)
 
 
 def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -243,11 +273,15 @@ def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         worker(rdv, cfg, str(run.path), stop=lambda: bool(requested))
     except Preempted as stopped:
         log.info("[preempted] %s: %s; checkpoint saved", run.path, stopped)
+        if rdv.rank == 0:
+            end_attempt(run, {"status": "preempted", "error": str(stopped)})
         if rdv.rank == 0 and callable(requeue):
             requeue(signum, None)  # submitit: requeue this job (and exit); it resumes
         return {"status": "preempted", "run_dir": str(run.path)}
-    except Exception:
+    except Exception as err:
         _record_task_failure(cfg, run, rdv)
+        if rdv.rank == 0:
+            end_attempt(run, run.read_summary() or {"status": "failed", "error": repr(err)})
         raise
     finally:
         signal.signal(signum, requeue)

@@ -490,6 +490,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "data_epochs": run.budget.epoch(state.step),
         "protocol_stats": dict(zip(names, values, strict=True)),
         "peak_memory_bytes": int(peak),  # the largest rank's (GPU: allocated; CPU: RSS)
+        "threads_per_worker": torch.get_num_threads(),  # intra-op threads this attempt used
         "started_unix": run.started,
     }
     if run.record is not None:

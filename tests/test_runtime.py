@@ -1,0 +1,109 @@
+"""Nothing silent, nothing lost: what each attempt ran with, signals, broken records."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import tiny_config
+
+from suite.config import ConfigError
+from suite.launch import execute
+from suite.problem import parse_run_config
+from suite.record import RunDir
+from suite.sweep import compose
+from suite.testing import kill_rank_at_checkpoint
+
+#: The command-line form of a tiny run (as in test_cli).
+TINY = [
+    "model.depth=18",
+    "model.width=0.0625",
+    "train.data_epochs=0.3",
+    "train.eval_every=0.15",
+    "data.batch_size=16",
+    "launcher.threads=1",
+]
+
+
+def run_cli(*args: str, cwd: Path) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "suite.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_run_names_do_not_change():
+    """Existing run folders must stay valid: the default config's name is fixed, and
+    the launcher-only settings (threads, allow_changed_env) are not part of it."""
+    name = "digits-preact_resnet101-ddp-w2-s0-f81ea0afa0"
+    assert parse_run_config(compose(())).run_name() == name
+    overrides = ("launcher.allow_changed_env=true", "launcher.threads=3")
+    assert parse_run_config(compose(overrides)).run_name() == name
+    assert tiny_config("ddp").run_name() == "digits-preact_resnet18-ddp-w2-s0-c01388ea38"
+
+
+def _launcher(cfg, **changes):
+    return dataclasses.replace(cfg, launcher=dataclasses.replace(cfg.launcher, **changes))
+
+
+def test_a_resume_with_other_code_or_threads_is_refused_unless_allowed(tmp_path):
+    """kill -9 after a checkpoint; a commit since (the first attempt's record names
+    another) and another thread count: the resume is refused in one line naming both
+    and nothing is started; allowed, it completes and its attempt record says so."""
+    cfg = tiny_config(
+        "ddp", results_dir=str(tmp_path), train={"eval_every": 0.2, "checkpoint_every": 0.2}
+    )
+    assert kill_rank_at_checkpoint(cfg)["status"] == "failed"
+    run = RunDir(tmp_path / cfg.run_name())
+    first_file = run.path / "attempts" / "1.json"
+    first = json.loads(first_file.read_text())
+    env = json.loads(run.env.read_text())
+    assert first["git_sha"] == env["git_sha"] and first["threads_per_worker"] == 1
+    assert first["versions"]["torch"] and first["hostname"] and first["started_at"]
+    assert first["ended"]["status"] == "failed" and "rank 1" in first["ended"]["error"]
+    sha = first["git_sha"]
+    first["git_sha"] = "0123456789abcdef0123456789abcdef01234567"  # the code changed since
+    first_file.write_text(json.dumps(first))
+
+    changed = _launcher(cfg, threads=2)
+    with pytest.raises(ConfigError) as refused:
+        execute(changed)
+    message = str(refused.value)
+    assert "\n" not in message and "cannot resume" in message
+    assert f"commit 0123456789ab -> {sha[:12]}" in message
+    assert "threads per worker 1 -> 2" in message and "allow_changed_env=true" in message
+    assert not (run.path / "attempts" / "2.json").exists()  # nothing was started
+
+    summary = execute(_launcher(changed, allow_changed_env=True))
+    assert summary["status"] == "completed" and summary["threads_per_worker"] == 2
+    assert RunDir(summary["run_dir"]).read_summary()["threads_per_worker"] == 2
+    second = json.loads((run.path / "attempts" / "2.json").read_text())
+    assert second["resumed"] and second["threads_per_worker"] == 2
+    assert any(c.startswith("commit ") for c in second["changed"])
+    assert "threads per worker 1 -> 2" in second["changed"]
+    assert second["ended"]["status"] == "completed"
+
+
+def test_the_command_line_refuses_a_changed_resume_with_exit_status_2(tmp_path):
+    """A resumable run folder whose first attempt ran other code and torch: exit 2 and
+    one line naming each difference, before any worker starts."""
+    cfg = parse_run_config(compose((*TINY, f"results_dir={tmp_path}")))
+    run = RunDir(tmp_path / cfg.run_name())
+    (run.path / "checkpoint").mkdir(parents=True)
+    (run.path / "checkpoint" / "latest.json").write_text('{"step": 3, "previous": null}')
+    first = {"git_sha": "f" * 40, "git_dirty": False, "python": "3.0.1"}
+    first |= {"versions": {"torch": "0.4.0", "numpy": "1.0"}, "threads_per_worker": 1}
+    (run.path / "attempts").mkdir()
+    (run.path / "attempts" / "1.json").write_text(json.dumps(first))
+    code, out = run_cli(*TINY, f"results_dir={tmp_path}", cwd=tmp_path)
+    assert code == 2, out
+    (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+    for part in ("commit ffffffffffff ->", "torch 0.4.0 ->", "numpy 1.0 ->", "python 3.0.1 ->"):
+        assert part in line, line
+    assert not (run.path / "attempts" / "2.json").exists() and not run.summary.exists()
