@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import multiprocessing as mp
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -388,9 +390,60 @@ def worker(
         destroy_process_group()
 
 
-def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
-    """A rank the suite spawned itself: its GPU is its rank (round robin)."""
-    worker(rdv, cfg, run_path, local_rank=rdv.rank)
+def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str, stop: Any = None) -> None:
+    """A rank the suite spawned itself: its GPU is its rank (round robin). ``stop``: the
+    launcher's event, set on a stop signal; the rank then checkpoints at its round's end
+    and exits cleanly (the launcher records the stop)."""
+    try:
+        worker(rdv, cfg, run_path, stop=None if stop is None else stop.is_set, local_rank=rdv.rank)
+    except Preempted:
+        return
+
+
+class StopSignals:
+    """While the workers run: SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``) and SIGHUP (a
+    closed terminal or SSH session) set ``event``, which the workers ask at every round's
+    end: they checkpoint there and stop. A second signal stops them at once. A signal
+    already ignored (``nohup``, a background job) stays ignored; only the main thread can
+    take signals (a launcher in another thread leaves them as they are)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self.received: int | None = None
+        self.announced = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second: stop now (start_ranks ends the ranks)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.received = signum
+        self.event.set()
+
+    def announce(self) -> None:
+        """Say once, from the main loop (not the handler), that a stop was asked for."""
+        if self.received is None or self.announced:
+            return
+        self.announced = True
+        name = signal.Signals(self.received).name
+        with contextlib.suppress(OSError):  # a terminal that hung up
+            print(
+                f"[stop] {name}: the workers checkpoint at the end of their round and stop "
+                "(a second signal stops them at once, without a checkpoint)",
+                flush=True,
+            )
 
 
 def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -400,15 +453,51 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     log.info(
         "[start] %s workers=%d seed=%d -> %s", cfg.protocol.name, cfg.workers, cfg.seed, run.path
     )
-    outcome = start_ranks(
-        local_worker, cfg.workers, (cfg, str(run.path)), cfg.launcher.link, on_poll=tail.relay
+    before = _mtime(run.summary)
+    event = mp.get_context("spawn").Event()
+    with StopSignals(event) as signals:
+
+        def poll() -> None:
+            signals.announce()
+            tail.relay()
+
+        args = (cfg, str(run.path), event)
+        outcome = start_ranks(local_worker, cfg.workers, args, cfg.launcher.link, on_poll=poll)
+    summary = run.read_summary() if _mtime(run.summary) != before else None  # this attempt's
+    stopped_by = (
+        {} if signals.received is None else {"signal": signal.Signals(signals.received).name}
     )
-    summary = run.read_summary()
     if not (outcome.failed or outcome.interrupted) and summary is not None:
-        return {**summary, "wall_s": outcome.wall_s}
-    summary = failed_summary(cfg, describe_failure(run, outcome), wall_s=outcome.wall_s)
+        return {**summary, "wall_s": outcome.wall_s, **stopped_by}
+    if signals.received is not None and not outcome.failed:
+        summary = stopped_summary(cfg, run, signals.received, outcome)
+    else:
+        error = describe_failure(run, outcome)
+        summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
     run.write_summary(summary)
     return summary
+
+
+def _mtime(path: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return path.stat().st_mtime_ns
+    return None
+
+
+def stopped_summary(cfg: RunConfig, run: RunDir, signum: int, outcome: Outcome) -> dict[str, Any]:
+    """The summary of a run a signal stopped (``status: stopped``, the signal named)."""
+    name = signal.Signals(signum).name
+    step = Checkpoints(run.path, 0).latest_step() if cfg.train.checkpoint else None
+    how = "at once (a second signal)" if outcome.interrupted else "at the end of a round"
+    if step:
+        then = f"its checkpoint at step {step} is kept; the same command resumes there"
+    else:
+        then = "no checkpoint to resume from; the same command starts afresh"
+    error = f"stopped by {name} {how}: {then}"
+    return {**failed_summary(cfg, error, wall_s=outcome.wall_s), "status": "stopped"} | {
+        "signal": name,
+        "checkpoint_step": step,
+    }
 
 
 class LogTail:

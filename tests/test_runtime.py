@@ -2,8 +2,11 @@
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,53 @@ def test_the_command_line_refuses_a_changed_resume_with_exit_status_2(tmp_path):
     for part in ("commit ffffffffffff ->", "torch 0.4.0 ->", "numpy 1.0 ->", "python 3.0.1 ->"):
         assert part in line, line
     assert not (run.path / "attempts" / "2.json").exists() and not run.summary.exists()
+
+
+LONG = [*TINY[:2], "train.data_epochs=3", "train.eval_every=0.25", "train.checkpoint_every=0.25"]
+LONG += TINY[4:]
+
+
+def _start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """``python -m suite.run`` in its own session (as ``timeout`` or a login shell starts it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "suite.run", *args, f"results_dir={tmp_path}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_rows(tmp_path: Path, proc: subprocess.Popen, rows: int = 1) -> None:
+    deadline = time.monotonic() + 300
+    while sum(f.read_text().count("\n") for f in tmp_path.glob("*/metrics.jsonl")) < rows:
+        assert time.monotonic() < deadline and proc.poll() is None, "training never started"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("sig", "group"), [(signal.SIGTERM, True), (signal.SIGHUP, False)], ids=["term", "hup"]
+)
+def test_sigterm_and_sighup_checkpoint_record_and_exit_128_plus_signum(tmp_path, sig, group):
+    """``timeout`` signals the launcher's whole process group; a closed SSH session hangs
+    up the launcher. Either way: a message, a checkpoint, a summary naming the signal,
+    exit status 128 + signum; the same command then resumes and completes."""
+    proc = _start_cli(tmp_path, *LONG)
+    _wait_for_rows(tmp_path, proc)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, out
+    assert f"[stop] {sig.name}" in out and "[stopped]" in out, out
+    (run,) = [RunDir(p.parent) for p in tmp_path.glob("*/summary.json")]
+    summary = run.read_summary()
+    assert summary["status"] == "stopped" and summary["signal"] == sig.name, summary
+    step = summary["checkpoint_step"]
+    assert step and f"stopped by {sig.name}" in summary["error"]
+    assert (run.path / "checkpoint" / "latest.json").exists()
+    ended = json.loads((run.path / "attempts" / "1.json").read_text())["ended"]
+    assert ended["status"] == "stopped" and ended["signal"] == sig.name
+    if sig == signal.SIGTERM:
+        code, out = run_cli(*LONG, f"results_dir={tmp_path}", cwd=tmp_path)
+        assert code == 0 and "[resume]" in out and "[completed]" in out, out
+        assert f"resuming at step {step}" in run.log_file.read_text()
