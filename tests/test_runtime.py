@@ -160,3 +160,22 @@ def test_sigterm_and_sighup_checkpoint_record_and_exit_128_plus_signum(tmp_path,
         code, out = run_cli(*LONG, f"results_dir={tmp_path}", cwd=tmp_path)
         assert code == 0 and "[resume]" in out and "[completed]" in out, out
         assert f"resuming at step {step}" in run.log_file.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_a_signal_stops_the_whole_sweep_after_the_current_points_record(tmp_path, sig):
+    """Ctrl-C (the terminal signals the launcher's process group) or SIGTERM during the
+    first of two points: that point checkpoints and records ``stopped``, the second never
+    runs, the sweep prints its summary and exits 128 + signum (a shell loop stops too)."""
+    proc = _start_cli(tmp_path, "-m", "seed=0,1", *LONG)
+    _wait_for_rows(tmp_path, proc)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, out
+    (run,) = [RunDir(p.parent) for p in tmp_path.glob("digits-*/summary.json")]
+    assert run.read_summary()["status"] == "stopped" and run.read_summary()["seed"] == 0
+    assert not list(tmp_path.glob("digits-*-s1-*")), "the second point ran"
+    assert f"[stop] {sig.name}: the sweep stops after job #0; 1 point(s) not run" in out, out
+    assert "1 stopped" in out and f"stopped by {sig.name}" in out, out
+    (record,) = tmp_path.glob("_hydra/*/sweep_summary.json")
+    assert json.loads(record.read_text())["stopped_by"] == sig.name
