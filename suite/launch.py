@@ -227,7 +227,8 @@ def prepare(cfg: RunConfig, run: RunDir) -> None:
     unless ``launcher.allow_changed_env``."""
     device = str(pick_device(cfg.launcher.device, 0).type)
     env = environment(cfg.workers, device, threads_per_worker(cfg))
-    if cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step():
+    checkpoints = Checkpoints(run.path, 0, cfg.workers)
+    if cfg.train.checkpoint and not cfg.force and checkpoints.latest_step():
         changed = changed_environment(run.first_environment() or env, env)
         if changed and not cfg.launcher.allow_changed_env:
             raise EnvChanged(
@@ -237,6 +238,12 @@ def prepare(cfg: RunConfig, run: RunDir) -> None:
                 "resume anyway with launcher.allow_changed_env=true"
             )
         print(f"[resume] {run.path} from its last checkpoint")
+        if checkpoints.unreadable_pointer():
+            print(
+                f"[resume] {checkpoints.latest_file} is unreadable "
+                f"({checkpoints.unreadable_pointer()}); using the newest complete checkpoint "
+                f"set on disk, step {checkpoints.latest_step()}"
+            )
         if changed:
             print(f"[resume] with a changed environment (allowed): {'; '.join(changed)}")
         run.archive_errors()
@@ -378,7 +385,7 @@ def worker(
             torch.cuda.set_device(device)
         init_process_group(rdv, device, cfg.launcher.timeout_s, cfg.launcher.backend)
         comm = Comm(rdv.rank, rdv.world_size, device, cfg.launcher.backend)
-        ckpt = Checkpoints(run.path, rdv.rank) if cfg.train.checkpoint else None
+        ckpt = Checkpoints(run.path, rdv.rank, rdv.world_size) if cfg.train.checkpoint else None
         train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop)
     except Preempted:
         raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_config
 
+from suite.checkpoint import Checkpoints
 from suite.config import ConfigError
 from suite.launch import execute
 from suite.problem import parse_run_config
@@ -179,3 +180,26 @@ def test_a_signal_stops_the_whole_sweep_after_the_current_points_record(tmp_path
     assert "1 stopped" in out and f"stopped by {sig.name}" in out, out
     (record,) = tmp_path.glob("_hydra/*/sweep_summary.json")
     assert json.loads(record.read_text())["stopped_by"] == sig.name
+
+
+def test_an_unreadable_latest_json_resumes_from_the_newest_complete_set(tmp_path, capsys):
+    """kill -9 after two checkpoint sets, garble ``checkpoint/latest.json``: the same
+    command says so and resumes from the newer set, in place (nothing moved aside)."""
+    cfg = tiny_config(
+        "localsgd",
+        results_dir=str(tmp_path),
+        train={"data_epochs": 1.0, "eval_every": 0.2, "checkpoint_every": 0.2},
+        protocol_kw={"local_steps": 3},
+    )
+    kill_rank_at_checkpoint(cfg, nth=2)
+    run = RunDir(tmp_path / cfg.run_name())
+    ckpt = Checkpoints(run.path, 0)
+    newest, _ = ckpt.candidates()
+    ckpt.latest_file.write_text('{"step": 1')  # truncated on disk
+    capsys.readouterr()
+    summary = execute(cfg)
+    out = capsys.readouterr().out
+    assert summary["status"] == "completed", summary
+    assert "checkpoint/latest.json is unreadable" in out and f"step {newest}" in out, out
+    assert f"resuming at step {newest}" in run.log_file.read_text()
+    assert not list(tmp_path.glob("*.old-*")), "the run was moved aside and restarted"
