@@ -229,30 +229,44 @@ def prepare(cfg: RunConfig, run: RunDir) -> None:
     env = environment(cfg.workers, device, threads_per_worker(cfg))
     checkpoints = Checkpoints(run.path, 0, cfg.workers)
     if cfg.train.checkpoint and not cfg.force and checkpoints.latest_step():
-        changed = changed_environment(run.first_environment() or env, env)
-        if changed and not cfg.launcher.allow_changed_env:
-            raise EnvChanged(
-                f"{run.path.name} cannot resume: since its first attempt "
-                f"({run.path.name}/attempts/1.json) {'; '.join(changed)}; resuming would mix "
-                "two setups in one result. Restore them, start afresh with force=true, or "
-                "resume anyway with launcher.allow_changed_env=true"
-            )
-        print(f"[resume] {run.path} from its last checkpoint")
-        if checkpoints.unreadable_pointer():
-            print(
-                f"[resume] {checkpoints.latest_file} is unreadable "
-                f"({checkpoints.unreadable_pointer()}); using the newest complete checkpoint "
-                f"set on disk, step {checkpoints.latest_step()}"
-            )
-        if changed:
-            print(f"[resume] with a changed environment (allowed): {'; '.join(changed)}")
-        run.archive_errors()
-        run.start_attempt({**env, "resumed": True, "changed": changed})
+        _resume_in_place(cfg, run, checkpoints, env)
         return
     run.prepare()
     run.write_config(cfg.to_dict())
     run.write_env(env)
     run.start_attempt({**env, "resumed": False})
+
+
+def _resume_in_place(
+    cfg: RunConfig, run: RunDir, checkpoints: Checkpoints, env: dict[str, Any]
+) -> None:
+    """Check that this attempt runs what the first one ran, tidy the folder (earlier
+    errors to ``attempts/``, partial files of cut-off writes removed) and record it."""
+    changed = changed_environment(run.first_environment() or env, env)
+    if changed and not cfg.launcher.allow_changed_env:
+        raise EnvChanged(
+            f"{run.path.name} cannot resume: since its first attempt "
+            f"({run.path.name}/attempts/1.json) {'; '.join(changed)}; resuming would mix "
+            "two setups in one result. Restore them, start afresh with force=true, or "
+            "resume anyway with launcher.allow_changed_env=true"
+        )
+    print(f"[resume] {run.path} from its last checkpoint")
+    if checkpoints.unreadable_pointer():
+        print(
+            f"[resume] {checkpoints.latest_file} is unreadable "
+            f"({checkpoints.unreadable_pointer()}); using the newest complete checkpoint "
+            f"set on disk, step {checkpoints.latest_step()}"
+        )
+    if changed:
+        print(f"[resume] with a changed environment (allowed): {'; '.join(changed)}")
+    run.archive_errors()
+    partial = run.remove_partial_writes()
+    if partial:
+        names = ", ".join(str(f.relative_to(run.path)) for f in partial)
+        print(
+            f"[resume] removed {len(partial)} partial file(s) of a write that was cut off: {names}"
+        )
+    run.start_attempt({**env, "resumed": True, "changed": changed})
 
 
 def end_attempt(run: RunDir, summary: dict[str, Any]) -> None:

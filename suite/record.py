@@ -136,6 +136,18 @@ class RunDir:
             for f in errors:
                 shutil.move(str(f), str(folder / f.name))
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Remove the temporary files of writes that were cut off (a kill during a
+        checkpoint or an atomic write); return them."""
+        found = [
+            *(self.path / "checkpoint").glob("*.tmp[0-9]*"),
+            *self.path.glob(".*.tmp[0-9]*"),
+            *self.attempts.glob(".*.tmp[0-9]*"),
+        ]
+        for f in found:
+            f.unlink(missing_ok=True)
+        return found
+
     def error_files(self) -> list[Path]:
         return sorted(self.path.glob("error-rank*.txt"))
 

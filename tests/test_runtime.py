@@ -203,3 +203,29 @@ def test_an_unreadable_latest_json_resumes_from_the_newest_complete_set(tmp_path
     assert "checkpoint/latest.json is unreadable" in out and f"step {newest}" in out, out
     assert f"resuming at step {newest}" in run.log_file.read_text()
     assert not list(tmp_path.glob("*.old-*")), "the run was moved aside and restarted"
+
+
+def test_a_resume_removes_the_partial_files_of_a_cut_off_write(tmp_path, capsys):
+    """A kill during a checkpoint (or summary) write leaves its temporary file: the next
+    start of the run removes it, says so, and keeps the complete checkpoint set."""
+    from suite.launch import prepare
+
+    cfg = tiny_config(
+        "ddp", results_dir=str(tmp_path), train={"eval_every": 0.2, "checkpoint_every": 0.2}
+    )
+    kill_rank_at_checkpoint(cfg)
+    run = RunDir(tmp_path / cfg.run_name())
+    ckpt = Checkpoints(run.path, 1)
+    step = ckpt.latest_step()
+    partial = ckpt.folder / f"rank1-step{step + 7}.tmp4242"  # as Checkpoints.save names it
+    partial.write_bytes(b"PK\x03\x04 cut off")
+    cut = run.path / ".summary.json.tmp4242"  # as atomic_write_text names it
+    cut.write_text('{"status": "compl')
+    capsys.readouterr()
+    prepare(cfg, run)
+    out = capsys.readouterr().out
+    assert not partial.exists() and not cut.exists()
+    assert "removed 2 partial file(s) of a write that was cut off" in out, out
+    assert partial.name in out and ckpt.latest_step() == step
+    assert (ckpt.folder / f"rank1-step{step}.pt").exists()
+
