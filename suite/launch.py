@@ -495,7 +495,17 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     else:
         error = describe_failure(run, outcome)
         summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
-    run.write_summary(summary)
+    return write_summary(run, summary)
+
+
+def write_summary(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the launcher's summary of a run; if the run folder cannot be written (full,
+    read-only, gone), the summary returned says so next to the workers' reason."""
+    try:
+        run.write_summary(summary)
+    except OSError as err:
+        why = f"summary.json could not be written ({err.strerror or err})"
+        summary = {**summary, "error": f"{summary.get('error') or summary['status']}; {why}"}
     return summary
 
 

@@ -8,6 +8,7 @@ so rows already written survive any crash. Non-finite numbers become ``null``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -63,7 +64,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: keep the first error
+            tmp.unlink(missing_ok=True)
         raise
 
 

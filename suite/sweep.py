@@ -177,8 +177,11 @@ def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
     outcome = {k: summary.get(k) for k in keys}
     if summary.get("skipped"):
         outcome["status"] = "skipped"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+    except OSError as err:  # the sweep's summary then counts this job as unknown
+        print(f"warning: {folder / OUTCOME} could not be written: {err}", file=sys.stderr)
 
 
 def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -229,3 +229,29 @@ def test_a_resume_removes_the_partial_files_of_a_cut_off_write(tmp_path, capsys)
     assert partial.name in out and ckpt.latest_step() == step
     assert (ckpt.folder / f"rank1-step{step}.pt").exists()
 
+
+def test_a_run_folder_that_turns_read_only_ends_the_run_with_the_workers_reason(tmp_path):
+    """The run folder becomes unwritable mid-run (a read-only remount): the launcher ends
+    the run in one line with the workers' own reason, no traceback, exit status 1."""
+    results = tmp_path / "results"
+    results.mkdir()
+    proc = _start_cli(results, *LONG, "train.checkpoint_every=100")
+    folder = None
+    try:
+        _wait_for_rows(results, proc)
+        (folder,) = [p.parent for p in results.glob("digits-*/metrics.jsonl")]
+        for cmd in (["--bind", folder, folder], ["-o", "remount,bind,ro", folder, folder]):
+            if subprocess.run(["mount", *map(str, cmd)]).returncode:
+                proc.kill()
+                pytest.skip("cannot remount a folder read-only here")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if folder is not None:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out, out
+    (line,) = [x for x in out.splitlines() if x.startswith("[failed]")]
+    assert "Read-only file system" in line and "rank " in line, line
+    assert "summary.json could not be written" in line, line
