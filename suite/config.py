@@ -141,6 +141,10 @@ class LaunchConfig(Checked):
     # Resume even though code, library versions or threads changed since the first attempt
     # (recorded in attempts/<n>.json); otherwise such a resume is refused.
     allow_changed_env: bool = False
+    # No rank progressing for this long: warn naming the rank that holds the others up;
+    # for stall_timeout_s: end the run failed (0: never). Local runs (suite.heartbeat).
+    stall_warn_s: float = 120.0
+    stall_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

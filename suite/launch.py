@@ -17,6 +17,7 @@ import fcntl
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,8 @@ from suite import loggers, netem, problem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
+from suite.heartbeat import FOLDER as heartbeat_folder
+from suite.heartbeat import Heartbeat, Stalled, StallWatch
 from suite.record import RunDir, changed_environment, environment
 from suite.spawn import Outcome, signal_name, start_ranks
 from suite.train import Preempted, train
@@ -383,12 +386,14 @@ def worker(
     run_path: str,
     stop: Callable[[], bool] | None = None,
     local_rank: int | None = None,
+    heartbeat: bool = False,
 ) -> None:
     """One rank: join the group, train, always tear down; an error is written for the
     launcher. ``stop``: asked at every round's end whether to checkpoint and stop
     (``Preempted``). ``local_rank`` picks the GPU: the scheduler's ``LOCAL_RANK`` when
     it started the process (None), the rank itself for the suite's own workers (an
-    inherited ``LOCAL_RANK`` must not put them all on one GPU)."""
+    inherited ``LOCAL_RANK`` must not put them all on one GPU). ``heartbeat``: beat for
+    the launcher's stall watch (``suite.heartbeat``)."""
     run = RunDir(run_path)
     try:
         torch.set_num_threads(threads_per_worker(cfg))
@@ -400,7 +405,8 @@ def worker(
         init_process_group(rdv, device, cfg.launcher.timeout_s, cfg.launcher.backend)
         comm = Comm(rdv.rank, rdv.world_size, device, cfg.launcher.backend)
         ckpt = Checkpoints(run.path, rdv.rank, rdv.world_size) if cfg.train.checkpoint else None
-        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop)
+        beat = Heartbeat(run.path / heartbeat_folder, rdv.rank, os.getpid()) if heartbeat else None
+        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop, beat)
     except Preempted:
         raise
     except BaseException:
@@ -416,7 +422,8 @@ def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str, stop: Any = Non
     launcher's event, set on a stop signal; the rank then checkpoints at its round's end
     and exits cleanly (the launcher records the stop)."""
     try:
-        worker(rdv, cfg, run_path, stop=None if stop is None else stop.is_set, local_rank=rdv.rank)
+        asked = None if stop is None else stop.is_set
+        worker(rdv, cfg, run_path, stop=asked, local_rank=rdv.rank, heartbeat=True)
     except Preempted:
         return
 
@@ -475,27 +482,46 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         "[start] %s workers=%d seed=%d -> %s", cfg.protocol.name, cfg.workers, cfg.seed, run.path
     )
     before = _mtime(run.summary)
+    beats = run.path / heartbeat_folder
+    shutil.rmtree(beats, ignore_errors=True)  # an earlier attempt's
+    beats.mkdir()
+    watch = StallWatch(beats, cfg.launcher.stall_warn_s, cfg.launcher.stall_timeout_s)
+    try:
+        outcome, signum = _watch_ranks(cfg, run, [tail.relay, watch.poll])
+    except Stalled as stalled:
+        return write_summary(run, failed_summary(cfg, str(stalled), stalled=True, **watch.marks()))
+    finally:
+        shutil.rmtree(beats, ignore_errors=True)
+    written = run.read_summary() if _mtime(run.summary) != before else None  # this attempt's
+    stopped_by = {} if signum is None else {"signal": signal.Signals(signum).name}
+    if not (outcome.failed or outcome.interrupted) and written is not None:
+        if watch.marks():  # it stalled and went on: its times are no clean measurement
+            written = write_summary(run, {**written, **watch.marks()})
+        return {**written, "wall_s": outcome.wall_s, **stopped_by}
+    if signum is not None and not outcome.failed:
+        summary = stopped_summary(cfg, run, signum, outcome)
+    else:
+        error = describe_failure(run, outcome)
+        summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
+    return write_summary(run, summary)
+
+
+def _watch_ranks(
+    cfg: RunConfig, run: RunDir, watchers: list[Callable[[], None]]
+) -> tuple[Outcome, int | None]:
+    """Run the ranks under the stop signals, calling ``watchers`` while they run; how
+    they ended and the stop signal received, if any."""
     event = mp.get_context("spawn").Event()
     with StopSignals(event) as signals:
 
         def poll() -> None:
             signals.announce()
-            tail.relay()
+            for watcher in watchers:
+                watcher()
 
         args = (cfg, str(run.path), event)
         outcome = start_ranks(local_worker, cfg.workers, args, cfg.launcher.link, on_poll=poll)
-    summary = run.read_summary() if _mtime(run.summary) != before else None  # this attempt's
-    stopped_by = (
-        {} if signals.received is None else {"signal": signal.Signals(signals.received).name}
-    )
-    if not (outcome.failed or outcome.interrupted) and summary is not None:
-        return {**summary, "wall_s": outcome.wall_s, **stopped_by}
-    if signals.received is not None and not outcome.failed:
-        summary = stopped_summary(cfg, run, signals.received, outcome)
-    else:
-        error = describe_failure(run, outcome)
-        summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
-    return write_summary(run, summary)
+    return outcome, signals.received
 
 
 def write_summary(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:

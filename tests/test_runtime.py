@@ -255,3 +255,62 @@ def test_a_run_folder_that_turns_read_only_ends_the_run_with_the_workers_reason(
     (line,) = [x for x in out.splitlines() if x.startswith("[failed]")]
     assert "Read-only file system" in line and "rank " in line, line
     assert "summary.json could not be written" in line, line
+
+
+def _stall_rank1(cfg, resume_after_s: float | None) -> tuple[dict, float]:
+    """Run ``cfg``; SIGSTOP rank 1 once training has begun (SIGCONT after
+    ``resume_after_s``). Its summary and the seconds from the stop to the run's end."""
+    import multiprocessing
+    import threading
+
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(execute(cfg)))
+    thread.start()
+    victim = None
+    try:
+        heartbeat = Path(cfg.results_dir) / cfg.run_name() / "heartbeat" / "rank1"
+        deadline = time.monotonic() + 300
+        while not heartbeat.exists():
+            assert time.monotonic() < deadline and thread.is_alive(), "training never started"
+            time.sleep(0.05)
+        victim = next(p for p in multiprocessing.active_children() if p.name == "rank1")
+        os.kill(victim.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        if resume_after_s is not None:
+            time.sleep(resume_after_s)
+            os.kill(victim.pid, signal.SIGCONT)
+        thread.join(300)
+    finally:
+        if victim is not None and victim.is_alive():
+            os.kill(victim.pid, signal.SIGCONT)
+    assert not thread.is_alive(), "the stalled run did not end"
+    return result, time.monotonic() - stopped
+
+
+def test_a_stopped_rank_is_named_within_the_warning_time_and_fails_the_run(tmp_path, caplog):
+    """SIGSTOP of rank 1: a warning names it after stall_warn_s, and the run ends failed
+    after stall_timeout_s (not the 30 min collective timeout), naming it, flagged."""
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), train={"data_epochs": 20})
+    cfg = _launcher(cfg, stall_warn_s=2.0, stall_timeout_s=8.0)
+    summary, took = _stall_rank1(cfg, None)
+    assert summary["status"] == "failed" and took < 60, (summary, took)
+    assert summary["error"].startswith("rank 1 is stopped (SIGSTOP"), summary
+    assert "launcher.stall_timeout_s=8" in summary["error"] and summary["stalled"]
+    assert summary["timings_valid"] is False
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[stall]")]
+    assert warned and "rank 1 is stopped" in warned[0], warned
+    written = RunDir(summary["run_dir"]).read_summary()
+    assert written["status"] == "failed" and written["stalled"]
+    assert not (Path(summary["run_dir"]) / "heartbeat").exists()
+
+
+def test_a_run_that_stalled_and_went_on_is_not_a_clean_measurement(tmp_path, caplog):
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), train={"data_epochs": 1.0})
+    cfg = _launcher(cfg, stall_warn_s=1.5, stall_timeout_s=60.0)
+    summary, _ = _stall_rank1(cfg, 5.0)
+    assert summary["status"] == "completed", summary
+    written = RunDir(summary["run_dir"]).read_summary()
+    assert written["timings_valid"] is False and written["stalled_s"] >= 1.5, written
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("[stall] no progress") and "rank 1" in m for m in messages)
+    assert any(m.startswith("[stall] progress again") for m in messages), messages
