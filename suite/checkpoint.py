@@ -6,7 +6,8 @@ augmentation RNG, loop counters, training clock, byte counters) to
 file, rank 0 atomically points ``checkpoint/latest.json`` at that step and remembers the
 step before it; only files older than that previous set are removed. A crash mid-write
 therefore leaves complete sets in place, and a set that does not load (truncated or
-garbled on disk) is skipped for the previous one, never half-used.
+garbled on disk) is skipped for the previous one, never half-used. An unreadable
+``latest.json`` falls back to the sets on disk that have every rank's file.
 """
 
 from __future__ import annotations
@@ -24,19 +25,38 @@ from suite.record import atomic_write_text
 
 
 class Checkpoints:
-    """The checkpoint folder of one run, seen from one rank."""
+    """The checkpoint folder of one run, seen from one rank (of ``world_size``, when known:
+    it tells a complete set on disk from one a rank had not written yet)."""
 
-    def __init__(self, run_dir: str | Path, rank: int) -> None:
+    def __init__(self, run_dir: str | Path, rank: int, world_size: int | None = None) -> None:
         self.folder = Path(run_dir) / "checkpoint"
         self.rank = rank
+        self.world_size = world_size
         self.latest_file = self.folder / "latest.json"
 
-    def _pointer(self) -> dict[str, Any]:
+    def _read_pointer(self) -> tuple[dict[str, Any], str | None]:
+        """``latest.json``, and why it cannot be used if it is there but unreadable."""
         try:
-            value = json.loads(self.latest_file.read_text())
-            return value if isinstance(value, dict) else {}
-        except (OSError, ValueError):
-            return {}
+            text = self.latest_file.read_text()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as err:
+            return {}, err.strerror or str(err)
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            return {}, f"not valid JSON: {err}"
+        if not isinstance(value, dict) or not isinstance(value.get("step"), int):
+            return {}, f"no step in {text[:60]!r}"
+        return value, None
+
+    def _pointer(self) -> dict[str, Any]:
+        return self._read_pointer()[0]
+
+    def unreadable_pointer(self) -> str | None:
+        """Why ``latest.json`` is there but unusable (the complete sets on disk are then
+        the candidates), or None."""
+        return self._read_pointer()[1]
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -44,10 +64,23 @@ class Checkpoints:
         return steps[0] if steps else None
 
     def candidates(self) -> list[int]:
-        """Complete checkpoint steps to resume from, newest first (latest, then previous)."""
-        pointer = self._pointer()
+        """Complete checkpoint steps to resume from, newest first (latest, then previous;
+        if ``latest.json`` is unreadable, every set on disk that has all ranks' files)."""
+        pointer, unreadable = self._read_pointer()
+        if unreadable is not None:
+            return self.complete_sets()
         steps = [pointer.get("step"), pointer.get("previous")]
         return [int(s) for s in steps if isinstance(s, int)]
+
+    def complete_sets(self) -> list[int]:
+        """Steps with a file for every rank (each written atomically), newest first."""
+        ranks: dict[int, set[int]] = {}
+        for f in self.folder.glob("rank*-step*.pt"):
+            rank, _, step = f.stem.removeprefix("rank").partition("-step")
+            if rank.isdigit() and step.isdigit():
+                ranks.setdefault(int(step), set()).add(int(rank))
+        world = self.world_size or max((max(r) + 1 for r in ranks.values()), default=0)
+        return sorted((s for s, r in ranks.items() if r >= set(range(world))), reverse=True)
 
     def _path(self, step: int, rank: int | None = None) -> Path:
         return self.folder / f"rank{self.rank if rank is None else rank}-step{step}.pt"

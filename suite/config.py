@@ -139,6 +139,13 @@ class LaunchConfig(Checked):
     timeout_s: float = 1800.0  # collective timeout (a hang guard; crashes are caught sooner)
     progress: bool = True  # tqdm on an interactive terminal
     link: str | None = None  # emulated cluster: each worker's own link, e.g. "1gbit" (root)
+    # Resume even though code, library versions or threads changed since the first attempt
+    # (recorded in attempts/<n>.json); otherwise such a resume is refused.
+    allow_changed_env: bool = False
+    # No rank progressing for this long: warn naming the rank that holds the others up;
+    # for stall_timeout_s: end the run failed (0: never). Local runs (suite.heartbeat).
+    stall_warn_s: float = 120.0
+    stall_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

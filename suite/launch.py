@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -31,7 +34,9 @@ from suite import loggers, netem, problem
 from suite.checkpoint import Checkpoints
 from suite.config import ConfigError, RunConfig
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
-from suite.record import RunDir, environment
+from suite.heartbeat import FOLDER as heartbeat_folder
+from suite.heartbeat import Heartbeat, Stalled, StallWatch
+from suite.record import RunDir, changed_environment, environment
 from suite.spawn import Outcome, signal_name, start_ranks
 from suite.train import Preempted, train
 
@@ -40,6 +45,10 @@ log = logging.getLogger("suite")
 
 class RunBusy(ConfigError):
     """The run folder is in use by another launcher (the same run started twice)."""
+
+
+class EnvChanged(ConfigError):
+    """A resume whose code, libraries or threads differ from the run's first attempt."""
 
 
 @contextlib.contextmanager
@@ -202,10 +211,12 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
             summary = run_task(rdv, cfg, run)
         if rdv.rank != 0:
             return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
+        end_attempt(run, summary)
     else:
         with run_lock(cfg):
             prepare(cfg, run)
             summary = spawn_local(cfg, run)
+            end_attempt(run, summary)
     _print_summary(run, summary)
     return {**summary, "run_dir": str(run.path)}
 
@@ -213,15 +224,60 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
 def prepare(cfg: RunConfig, run: RunDir) -> None:
     """The one place a run folder is set up: resumed in place when a complete checkpoint
     set is there (an earlier attempt's errors moved to ``attempts/``), otherwise made
-    afresh (an earlier unfinished attempt moved aside) with its config and environment."""
-    if cfg.train.checkpoint and not cfg.force and Checkpoints(run.path, 0).latest_step():
-        print(f"[resume] {run.path} from its last checkpoint")
-        run.archive_errors()
+    afresh (an earlier unfinished attempt moved aside) with its config and environment.
+    Each attempt's environment is recorded in ``attempts/<n>.json``; a resume whose code,
+    libraries or threads differ from the first attempt's is refused (``EnvChanged``)
+    unless ``launcher.allow_changed_env``."""
+    device = str(pick_device(cfg.launcher.device, 0).type)
+    env = environment(cfg.workers, device, threads_per_worker(cfg))
+    checkpoints = Checkpoints(run.path, 0, cfg.workers)
+    if cfg.train.checkpoint and not cfg.force and checkpoints.latest_step():
+        _resume_in_place(cfg, run, checkpoints, env)
         return
     run.prepare()
     run.write_config(cfg.to_dict())
-    device = str(pick_device(cfg.launcher.device, 0).type)
-    run.write_env(environment(cfg.workers, device, threads_per_worker(cfg)))
+    run.write_env(env)
+    run.start_attempt({**env, "resumed": False})
+
+
+def _resume_in_place(
+    cfg: RunConfig, run: RunDir, checkpoints: Checkpoints, env: dict[str, Any]
+) -> None:
+    """Check that this attempt runs what the first one ran, tidy the folder (earlier
+    errors to ``attempts/``, partial files of cut-off writes removed) and record it."""
+    changed = changed_environment(run.first_environment() or env, env)
+    if changed and not cfg.launcher.allow_changed_env:
+        raise EnvChanged(
+            f"{run.path.name} cannot resume: since its first attempt "
+            f"({run.path.name}/attempts/1.json) {'; '.join(changed)}; resuming would mix "
+            "two setups in one result. Restore them, start afresh with force=true, or "
+            "resume anyway with launcher.allow_changed_env=true"
+        )
+    print(f"[resume] {run.path} from its last checkpoint")
+    if checkpoints.unreadable_pointer():
+        print(
+            f"[resume] {checkpoints.latest_file} is unreadable "
+            f"({checkpoints.unreadable_pointer()}); using the newest complete checkpoint "
+            f"set on disk, step {checkpoints.latest_step()}"
+        )
+    if changed:
+        print(f"[resume] with a changed environment (allowed): {'; '.join(changed)}")
+    run.archive_errors()
+    partial = run.remove_partial_writes()
+    if partial:
+        names = ", ".join(str(f.relative_to(run.path)) for f in partial)
+        print(
+            f"[resume] removed {len(partial)} partial file(s) of a write that was cut off: {names}"
+        )
+    run.start_attempt({**env, "resumed": True, "changed": changed})
+
+
+def end_attempt(run: RunDir, summary: dict[str, Any]) -> None:
+    """Record how this attempt ended, if the run folder can still be written."""
+    try:
+        run.end_attempt(summary)
+    except (OSError, ValueError) as err:
+        log.warning("could not record the end of this attempt in %s: %s", run.attempts, err)
 
 
 def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -243,11 +299,15 @@ def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         worker(rdv, cfg, str(run.path), stop=lambda: bool(requested))
     except Preempted as stopped:
         log.info("[preempted] %s: %s; checkpoint saved", run.path, stopped)
+        if rdv.rank == 0:
+            end_attempt(run, {"status": "preempted", "error": str(stopped)})
         if rdv.rank == 0 and callable(requeue):
             requeue(signum, None)  # submitit: requeue this job (and exit); it resumes
         return {"status": "preempted", "run_dir": str(run.path)}
-    except Exception:
+    except Exception as err:
         _record_task_failure(cfg, run, rdv)
+        if rdv.rank == 0:
+            end_attempt(run, run.read_summary() or {"status": "failed", "error": repr(err)})
         raise
     finally:
         signal.signal(signum, requeue)
@@ -326,12 +386,14 @@ def worker(
     run_path: str,
     stop: Callable[[], bool] | None = None,
     local_rank: int | None = None,
+    heartbeat: bool = False,
 ) -> None:
     """One rank: join the group, train, always tear down; an error is written for the
     launcher. ``stop``: asked at every round's end whether to checkpoint and stop
     (``Preempted``). ``local_rank`` picks the GPU: the scheduler's ``LOCAL_RANK`` when
     it started the process (None), the rank itself for the suite's own workers (an
-    inherited ``LOCAL_RANK`` must not put them all on one GPU)."""
+    inherited ``LOCAL_RANK`` must not put them all on one GPU). ``heartbeat``: beat for
+    the launcher's stall watch (``suite.heartbeat``)."""
     run = RunDir(run_path)
     try:
         torch.set_num_threads(threads_per_worker(cfg))
@@ -342,8 +404,9 @@ def worker(
             torch.cuda.set_device(device)
         init_process_group(rdv, device, cfg.launcher.timeout_s, cfg.launcher.backend)
         comm = Comm(rdv.rank, rdv.world_size, device, cfg.launcher.backend)
-        ckpt = Checkpoints(run.path, rdv.rank) if cfg.train.checkpoint else None
-        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop)
+        ckpt = Checkpoints(run.path, rdv.rank, rdv.world_size) if cfg.train.checkpoint else None
+        beat = Heartbeat(run.path / heartbeat_folder, rdv.rank, os.getpid()) if heartbeat else None
+        train(cfg, comm, device, run if rdv.rank == 0 else None, ckpt, stop, beat)
     except Preempted:
         raise
     except BaseException:
@@ -354,9 +417,61 @@ def worker(
         destroy_process_group()
 
 
-def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str) -> None:
-    """A rank the suite spawned itself: its GPU is its rank (round robin)."""
-    worker(rdv, cfg, run_path, local_rank=rdv.rank)
+def local_worker(rdv: Rendezvous, cfg: RunConfig, run_path: str, stop: Any = None) -> None:
+    """A rank the suite spawned itself: its GPU is its rank (round robin). ``stop``: the
+    launcher's event, set on a stop signal; the rank then checkpoints at its round's end
+    and exits cleanly (the launcher records the stop)."""
+    try:
+        asked = None if stop is None else stop.is_set
+        worker(rdv, cfg, run_path, stop=asked, local_rank=rdv.rank, heartbeat=True)
+    except Preempted:
+        return
+
+
+class StopSignals:
+    """While the workers run: SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``) and SIGHUP (a
+    closed terminal or SSH session) set ``event``, which the workers ask at every round's
+    end: they checkpoint there and stop. A second signal stops them at once. A signal
+    already ignored (``nohup``, a background job) stays ignored; only the main thread can
+    take signals (a launcher in another thread leaves them as they are)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self.received: int | None = None
+        self.announced = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second: stop now (start_ranks ends the ranks)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.received = signum
+        self.event.set()
+
+    def announce(self) -> None:
+        """Say once, from the main loop (not the handler), that a stop was asked for."""
+        if self.received is None or self.announced:
+            return
+        self.announced = True
+        name = signal.Signals(self.received).name
+        with contextlib.suppress(OSError):  # a terminal that hung up
+            print(
+                f"[stop] {name}: the workers checkpoint at the end of their round and stop "
+                "(a second signal stops them at once, without a checkpoint)",
+                flush=True,
+            )
 
 
 def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -366,15 +481,80 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     log.info(
         "[start] %s workers=%d seed=%d -> %s", cfg.protocol.name, cfg.workers, cfg.seed, run.path
     )
-    outcome = start_ranks(
-        local_worker, cfg.workers, (cfg, str(run.path)), cfg.launcher.link, on_poll=tail.relay
-    )
-    summary = run.read_summary()
-    if not (outcome.failed or outcome.interrupted) and summary is not None:
-        return {**summary, "wall_s": outcome.wall_s}
-    summary = failed_summary(cfg, describe_failure(run, outcome), wall_s=outcome.wall_s)
-    run.write_summary(summary)
+    before = _mtime(run.summary)
+    beats = run.path / heartbeat_folder
+    shutil.rmtree(beats, ignore_errors=True)  # an earlier attempt's
+    beats.mkdir()
+    watch = StallWatch(beats, cfg.launcher.stall_warn_s, cfg.launcher.stall_timeout_s)
+    try:
+        outcome, signum = _watch_ranks(cfg, run, [tail.relay, watch.poll])
+    except Stalled as stalled:
+        return write_summary(run, failed_summary(cfg, str(stalled), stalled=True, **watch.marks()))
+    finally:
+        shutil.rmtree(beats, ignore_errors=True)
+    written = run.read_summary() if _mtime(run.summary) != before else None  # this attempt's
+    stopped_by = {} if signum is None else {"signal": signal.Signals(signum).name}
+    if not (outcome.failed or outcome.interrupted) and written is not None:
+        if watch.marks():  # it stalled and went on: its times are no clean measurement
+            written = write_summary(run, {**written, **watch.marks()})
+        return {**written, "wall_s": outcome.wall_s, **stopped_by}
+    if signum is not None and not outcome.failed:
+        summary = stopped_summary(cfg, run, signum, outcome)
+    else:
+        error = describe_failure(run, outcome)
+        summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
+    return write_summary(run, summary)
+
+
+def _watch_ranks(
+    cfg: RunConfig, run: RunDir, watchers: list[Callable[[], None]]
+) -> tuple[Outcome, int | None]:
+    """Run the ranks under the stop signals, calling ``watchers`` while they run; how
+    they ended and the stop signal received, if any."""
+    event = mp.get_context("spawn").Event()
+    with StopSignals(event) as signals:
+
+        def poll() -> None:
+            signals.announce()
+            for watcher in watchers:
+                watcher()
+
+        args = (cfg, str(run.path), event)
+        outcome = start_ranks(local_worker, cfg.workers, args, cfg.launcher.link, on_poll=poll)
+    return outcome, signals.received
+
+
+def write_summary(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the launcher's summary of a run; if the run folder cannot be written (full,
+    read-only, gone), the summary returned says so next to the workers' reason."""
+    try:
+        run.write_summary(summary)
+    except OSError as err:
+        why = f"summary.json could not be written ({err.strerror or err})"
+        summary = {**summary, "error": f"{summary.get('error') or summary['status']}; {why}"}
     return summary
+
+
+def _mtime(path: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return path.stat().st_mtime_ns
+    return None
+
+
+def stopped_summary(cfg: RunConfig, run: RunDir, signum: int, outcome: Outcome) -> dict[str, Any]:
+    """The summary of a run a signal stopped (``status: stopped``, the signal named)."""
+    name = signal.Signals(signum).name
+    step = Checkpoints(run.path, 0).latest_step() if cfg.train.checkpoint else None
+    how = "at once (a second signal)" if outcome.interrupted else "at the end of a round"
+    if step:
+        then = f"its checkpoint at step {step} is kept; the same command resumes there"
+    else:
+        then = "no checkpoint to resume from; the same command starts afresh"
+    error = f"stopped by {name} {how}: {then}"
+    return {**failed_summary(cfg, error, wall_s=outcome.wall_s), "status": "stopped"} | {
+        "signal": name,
+        "checkpoint_step": step,
+    }
 
 
 class LogTail:

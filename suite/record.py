@@ -8,6 +8,8 @@ so rows already written survive any crash. Non-finite numbers become ``null``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -62,7 +64,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: keep the first error
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -76,6 +79,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
         self.log_file = self.path / "run.log"
+        self.attempts = self.path / "attempts"
 
     def read_summary(self) -> dict[str, Any] | None:
         """The summary, or None when absent or unreadable."""
@@ -134,8 +138,53 @@ class RunDir:
             for f in errors:
                 shutil.move(str(f), str(folder / f.name))
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Remove the temporary files of writes that were cut off (a kill during a
+        checkpoint or an atomic write); return them."""
+        found = [
+            *(self.path / "checkpoint").glob("*.tmp[0-9]*"),
+            *self.path.glob(".*.tmp[0-9]*"),
+            *self.attempts.glob(".*.tmp[0-9]*"),
+        ]
+        for f in found:
+            f.unlink(missing_ok=True)
+        return found
+
     def error_files(self) -> list[Path]:
         return sorted(self.path.glob("error-rank*.txt"))
+
+    def attempt_files(self) -> list[Path]:
+        """``attempts/<n>.json``, one per attempt (start or resume), in order."""
+        found = [f for f in self.attempts.glob("*.json") if f.stem.isdigit()]
+        return sorted(found, key=lambda f: int(f.stem))
+
+    def first_environment(self) -> dict[str, Any] | None:
+        """The environment of the run's first attempt (``env.json`` in a run folder
+        written before attempts were recorded), or None."""
+        files = self.attempt_files()
+        try:
+            return dict(json.loads((files[0] if files else self.env).read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def start_attempt(self, record: dict[str, Any]) -> None:
+        """Record a new attempt: ``attempts/<n>.json``, n counting from 1."""
+        files = self.attempt_files()
+        n = int(files[-1].stem) + 1 if files else 1
+        self.attempts.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_clean({"attempt": n, **record}), indent=2) + "\n"
+        atomic_write_text(self.attempts / f"{n}.json", text)
+
+    def end_attempt(self, summary: dict[str, Any]) -> None:
+        """Add how the latest attempt ended (its status, error or signal) to its record."""
+        files = self.attempt_files()
+        if not files:
+            return
+        record = json.loads(files[-1].read_text())
+        keys = ("status", "error", "signal", "steps")
+        ended = {k: summary[k] for k in keys if summary.get(k) is not None}
+        record["ended"] = {**ended, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(files[-1], json.dumps(_clean(record), indent=2) + "\n")
 
 
 def _git(*args: str) -> str | None:
@@ -171,6 +220,7 @@ def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
     """Provenance of a run: code version, library versions, hardware, world size."""
     sha = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
+    diff = _git("diff", "HEAD", "--binary") if status else None
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()
@@ -179,6 +229,8 @@ def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
     return {
         "git_sha": sha,
         "git_dirty": bool(status) if status is not None else None,
+        # What the uncommitted changes are, so that a resume can tell whether they changed.
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "python": sys.version.split()[0],
         "versions": {
             name: _version(name)
@@ -194,3 +246,34 @@ def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
         "threads_per_worker": threads,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+#: What a resume must share with the run's first attempt (``changed_environment``).
+LIBRARIES = ("torch", "numpy")
+
+
+def changed_environment(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two attempts' environments that can change results: the code
+    (commit, uncommitted changes), torch, numpy and Python, and the threads per worker."""
+    changes = []
+
+    def differs(what: str, a: Any, b: Any) -> None:
+        if a != b:
+            changes.append(f"{what} {a} -> {b}")
+
+    sha = [str(e.get("git_sha"))[:12] if e.get("git_sha") else None for e in (first, now)]
+    differs("commit", *sha)
+    dirty = [e.get("git_dirty") for e in (first, now)]
+    if dirty[0] != dirty[1]:
+        changes.append(
+            f"uncommitted changes {'yes' if dirty[0] else 'none'} -> "
+            f"{'yes' if dirty[1] else 'none'}"
+        )
+    elif dirty[0] and "git_diff_sha256" in first:
+        diffs = [str(e.get("git_diff_sha256"))[:12] for e in (first, now)]
+        differs("uncommitted changes (diff sha256)", *diffs)
+    for name in LIBRARIES:
+        differs(name, first.get("versions", {}).get(name), now.get("versions", {}).get(name))
+    differs("python", first.get("python"), now.get("python"))
+    differs("threads per worker", first.get("threads_per_worker"), now.get("threads_per_worker"))
+    return changes

@@ -13,6 +13,7 @@ are registered with Hydra before it composes (``suite.sweep.register``).
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     Exit status of a single run: 0 completed or diverged (a result; the summary line
     says which), 1 failed, 2 refused before any worker started (invalid configuration,
-    the same run already running). A multirun runs every point, ends with its summary,
+    the same run already running), 128 + the signal's number when SIGINT, SIGTERM or
+    SIGHUP stopped it (130, 143, 129). A multirun runs every point, ends with its summary,
     and then exits 1 if any point failed or was busy (``suite.sweep.SweepSummary``).
     """
     hydra_cfg = HydraConfig.get()
@@ -64,6 +66,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         raise SystemExit(2) from None
     if summary.get("rank", 0) == 0:  # one line per sweep job for the sweep's summary
         write_outcome(folder, summary)
+    if summary.get("signal") and not multirun:  # stopped by a signal: 128 + its number
+        raise SystemExit(128 + signal.Signals[summary["signal"]])
     if summary.get("status") == "failed" and not multirun:
         raise SystemExit(1)
     return summary

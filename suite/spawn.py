@@ -5,7 +5,8 @@ processes (``suite.launch``) and the test and benchmark harness :func:`run_ranks
 meet at a TCP store owned by the caller on a free port (on loopback, or on an emulated
 cluster with ``link``); each rank dies with its parent (a launcher killed with kill -9
 leaves no rank waiting on a collective); the first rank to fail (non-zero exit, a
-signal, the OOM killer) makes the caller stop the others at once.
+signal, the OOM killer) makes the caller stop the others at once. Each rank runs in its
+own process group, so signals meant for the launcher's group reach the launcher only.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _entry(
     code = 0
     try:
         die_with_parent()
+        # Its own process group: a terminal's Ctrl-C or hangup and `timeout` (which signals
+        # its whole group) reach the launcher alone, which stops the ranks in order.
+        os.setpgid(0, 0)
         netem.enter(netns)
         target(rdv, *args)
     except BaseException as err:

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -34,9 +37,10 @@ from suite.problem import parse_run_config
 from suite.record import atomic_write_text
 
 OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
-STATUSES = ("completed", "failed", "diverged", "skipped", "busy")
+STOPPED = "stopped.json"  # in the sweep folder: the signal that stopped the sweep early
+STATUSES = ("completed", "failed", "diverged", "stopped", "skipped", "busy")
 #: Outcomes that make a multirun end with a non-zero exit status (after its summary).
-BAD = ("failed", "busy", "unknown")
+BAD = ("failed", "stopped", "busy", "unknown")
 
 
 def register() -> None:
@@ -123,17 +127,48 @@ class CheckedLauncherConf:
 
 class CheckedLauncher(BasicLauncher):
     """Hydra's basic launcher, which validates every sweep point before the first runs:
-    a bad point no longer stops a sweep halfway, after others already ran."""
+    a bad point no longer stops a sweep halfway, after others already ran. Ctrl-C,
+    SIGTERM or SIGHUP stops the sweep once the current point has written its record
+    (``STOPPED`` in the sweep folder; ``SweepSummary`` then exits 128 + the signal)."""
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from suite.launch import StopSignals
+
         try:
-            sweep_points(self, job_overrides, initial_job_idx)
+            points = sweep_points(self, job_overrides, initial_job_idx)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        return super().launch(job_overrides, initial_job_idx)
+        returns: list[JobReturn] = []
+        with StopSignals(threading.Event()) as between:  # a signal between two points
+            for num, (overrides, (_, folder)) in enumerate(zip(job_overrides, points, strict=True)):
+                returns.extend(super().launch([overrides], initial_job_idx + num))
+                signum = _signal_of(folder) or between.received
+                if signum is not None and num + 1 < len(points):
+                    _record_stop(
+                        folder.parent, signum, initial_job_idx + num, len(points) - num - 1
+                    )
+                    break
+        return returns
+
+
+def _signal_of(job_folder: Path) -> int | None:
+    """The signal that stopped the sweep job in ``job_folder``, if any."""
+    try:
+        name = json.loads((job_folder / OUTCOME).read_text()).get("signal")
+    except (OSError, ValueError):
+        return None
+    return int(signal.Signals[name]) if name else None
+
+
+def _record_stop(sweep_dir: Path, signum: int, job: int, left: int) -> None:
+    name = signal.Signals(signum).name
+    with contextlib.suppress(OSError):
+        print(f"[stop] {name}: the sweep stops after job #{job}; {left} point(s) not run")
+    stop = {"signal": name, "after_job": job, "not_run": left}
+    atomic_write_text(sweep_dir / STOPPED, json.dumps(stop) + "\n")
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
@@ -146,12 +181,15 @@ def run_config(cfg: DictConfig) -> RunConfig:
 
 def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
     """One sweep job's outcome, for ``SweepSummary``."""
-    keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir")
+    keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir", "signal")
     outcome = {k: summary.get(k) for k in keys}
     if summary.get("skipped"):
         outcome["status"] = "skipped"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / OUTCOME, json.dumps(outcome) + "\n")
+    except OSError as err:  # the sweep's summary then counts this job as unknown
+        print(f"warning: {folder / OUTCOME} could not be written: {err}", file=sys.stderr)
 
 
 def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -178,10 +216,11 @@ class SweepSummary(Callback):
         rows = read_outcomes(sweep_dir)
         counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         counts["other"] = len(rows) - sum(counts.values())
-        atomic_write_text(
-            sweep_dir / "sweep_summary.json",
-            json.dumps({"counts": counts, "runs": rows}, indent=2) + "\n",
-        )
+        stopped = _stop_of(sweep_dir, rows)
+        record: dict[str, Any] = {"counts": counts, "runs": rows}
+        if stopped is not None:
+            record["stopped_by"] = stopped.name
+        atomic_write_text(sweep_dir / "sweep_summary.json", json.dumps(record, indent=2) + "\n")
         print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         for r in rows:
             acc = r.get("final_test_acc")
@@ -190,7 +229,20 @@ class SweepSummary(Callback):
                 f"  #{r['job']} {r['status']:9} {r.get('protocol')} w{r.get('workers')} "
                 f"s{r.get('seed')} {what}"
             )
+        if stopped is not None:  # Ctrl-C, SIGTERM, SIGHUP: the sweep ends here, as a shell expects
+            print(f"sweep {sweep_dir}: stopped by {stopped.name}")
+            raise SystemExit(128 + stopped)
         bad = [r for r in rows if r["status"] in BAD]
         if bad:  # every point ran; the sweep as a whole did not succeed
             print(f"sweep {sweep_dir}: {len(bad)} of {len(rows)} runs did not complete")
             raise SystemExit(1)
+
+
+def _stop_of(sweep_dir: Path, rows: list[dict[str, Any]]) -> signal.Signals | None:
+    """The signal that stopped the sweep (or its last point), if one did."""
+    try:
+        return signal.Signals[json.loads((sweep_dir / STOPPED).read_text())["signal"]]
+    except (OSError, ValueError, KeyError):
+        pass
+    names = [r["signal"] for r in rows if r.get("signal")]
+    return signal.Signals[names[-1]] if names else None

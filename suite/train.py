@@ -133,9 +133,11 @@ def learning_rate(cfg: OptimConfig, step: int, total: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    on_batch: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """Mean test loss and accuracy over fixed batches."""
+    """Mean test loss and accuracy over fixed batches (``on_batch`` after each)."""
     was_training = model.training
     model.eval()
     loss, correct, count = 0.0, 0, 0
@@ -144,6 +146,8 @@ def evaluate(
         loss += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
         count += len(y)
+        if on_batch is not None:
+            on_batch()
     model.train(was_training)
     return loss / count, correct / count
 
@@ -182,6 +186,7 @@ class Run:
     checkpoints: Checkpoints | None
     loss_sum: torch.Tensor  # on the device: no host sync per step
     logger: MetricLogger | None = None  # rank 0's metric logger (logger=...)
+    beat: Callable[[int], None] | None = None  # the rank's heartbeat (local runs)
     started: float = 0.0  # wall clock when this attempt's first step began
     first_step: int = 0  # the step this attempt started from (after a resume)
 
@@ -193,15 +198,17 @@ def train(
     record: RunDir | None = None,
     checkpoints: Checkpoints | None = None,
     stop: Callable[[], bool] | None = None,
+    beat: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on this rank; rank 0 (``record`` given) writes metrics and summary.
 
     With ``checkpoints`` every rank saves its state at each evaluation, and a run that
     finds a complete checkpoint resumes from it (rank 0 drops metric rows written later).
     With ``stop``, the ranks ask it at every round's end and agree: if any rank says yes,
-    all save a checkpoint there and raise ``Preempted``.
-    """
+    all save a checkpoint there and raise ``Preempted``. ``beat(step)``: each step's
+    (and rank 0's evaluation batches') heartbeat, for the launcher's stall watch."""
     run = _set_up(cfg, comm, device, record, checkpoints)
+    run.beat = beat
     state = _resume(run) if checkpoints is not None else LoopState()
     clock, progress = Clock(device, state.clock), _progress(run, state.step)
     run.started, run.first_step, status = time.time(), state.step, "completed"
@@ -305,6 +312,8 @@ def _step(run: Run, work: Any, state: LoopState) -> None:
     run.loss_sum += loss.detach()
     state.loss_count += 1
     state.step += 1
+    if run.beat is not None:
+        run.beat(state.step)
 
 
 def _evaluate(run: Run, state: LoopState, clock: Clock) -> bool:
@@ -317,7 +326,9 @@ def _evaluate(run: Run, state: LoopState, clock: Clock) -> bool:
     with run.comm.uncounted():
         run.protocol.gather_for_eval()
     if run.record is not None:
-        row["test_loss"], row["test_acc"] = evaluate(run.protocol.eval_model(), run.test)
+        beat = run.beat
+        on_batch = None if beat is None else lambda: beat(state.step)
+        row["test_loss"], row["test_acc"] = evaluate(run.protocol.eval_model(), run.test, on_batch)
         state.best_acc = max(state.best_acc, row["test_acc"])
         run.record.append_metrics(row)
         state.rows += 1
@@ -500,6 +511,7 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "data_epochs": run.budget.epoch(state.step),
         "protocol_stats": stats,
         "peak_memory_bytes": int(peak),  # the largest rank's (GPU: allocated; CPU: RSS)
+        "threads_per_worker": torch.get_num_threads(),  # intra-op threads this attempt used
         "started_unix": run.started,
     }
     if run.record is not None:

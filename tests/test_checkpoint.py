@@ -45,8 +45,20 @@ def test_a_corrupt_checkpoint_is_named(tmp_path):
         c.load(5)
 
 
-def test_a_garbled_pointer_means_no_checkpoint(tmp_path):
-    c = Checkpoints(tmp_path, 0)
-    c.folder.mkdir()
-    c.latest_file.write_text("{not json")
-    assert c.latest_step() is None and c.candidates() == []
+def test_a_garbled_pointer_falls_back_to_the_newest_complete_set_on_disk(tmp_path):
+    """An unreadable latest.json is not "no checkpoint": the complete sets on disk are
+    the candidates, newest first; a set missing a rank's file is not complete."""
+    ranks = [Checkpoints(tmp_path, r, 2) for r in range(2)]
+    for step in (10, 20):
+        for c in ranks:
+            c.save(step, {"rank": c.rank})
+        ranks[0].commit(step, 2)
+    ranks[0].save(30, {"rank": 0})  # killed while rank 1 was still writing step 30
+    ranks[0].latest_file.write_text("{not json")
+    assert ranks[0].unreadable_pointer() and "latest.json" not in ranks[0].unreadable_pointer()
+    assert ranks[1].candidates() == [20, 10] and ranks[0].latest_step() == 20
+    assert Checkpoints(tmp_path, 0).candidates() == [20, 10]  # world size from the files
+    ranks[0].latest_file.write_text("")  # truncated
+    assert ranks[0].candidates() == [20, 10]
+    ranks[0].latest_file.unlink()  # none at all: nothing committed, nothing to resume
+    assert ranks[0].unreadable_pointer() is None and ranks[0].candidates() == []
