@@ -32,7 +32,7 @@ def _filter(results: Results, patterns: list[str]) -> Results:
     metrics = results.metrics
     if not metrics.empty:
         metrics = metrics[metrics.run.isin(runs.run)].reset_index(drop=True)
-    return Results(runs, metrics, results.problems)
+    return Results(runs, metrics, results.problems, results.earlier)
 
 
 def generate(
@@ -165,6 +165,9 @@ def _index(out: Path, written: list[Path], results: Results, roots: list[str]) -
         lines.append(to_markdown(problems))
     else:
         lines.append("None.")
+    if results.earlier:  # moved aside by force=true or a fresh restart: history
+        earlier = pd.DataFrame(results.earlier, columns=["folder", "status"])
+        lines += ["", "## Earlier attempts (not in the tables)", "", to_markdown(earlier)]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

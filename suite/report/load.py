@@ -12,13 +12,17 @@
   columns repeated), the table to use for your own analyses;
 - ``problems``: folders that could not be read, with the reason. A missing or corrupt
   file never stops the rest; a run that failed or diverged stays in ``runs`` with its
-  status, never silently dropped.
+  status, never silently dropped;
+- ``earlier``: earlier attempts the launcher moved aside (``<run>.old-<time>``, after
+  ``force=true`` or a fresh restart), with their status: history, not results, so never
+  in ``runs`` (they would count as a second run of the same seed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,7 @@ class Results:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)
+    earlier: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def config_columns(self) -> list[str]:
@@ -69,6 +74,19 @@ def group_id(config: dict[str, Any]) -> str:
     """A short id of everything in a flattened semantic config but the seed."""
     key = {k: v for k, v in config.items() if k not in NOT_GROUPING}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+#: The name ``RunDir.prepare`` gives an earlier attempt it moves aside.
+EARLIER_ATTEMPT = re.compile(r"\.old-\d{8}-\d{6}$")
+
+
+def _attempt_status(folder: Path) -> str:
+    """An earlier attempt's status, as its summary says (it is listed, never pooled)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "incomplete"
+    return str(summary.get("status", "unknown")) if isinstance(summary, dict) else "unknown"
 
 
 def _run_folders(roots: Iterable[Path]) -> list[Path]:
@@ -150,7 +168,11 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
     for root in paths:
         if not root.exists():
             problems.append((str(root), "results folder does not exist"))
+    earlier: list[tuple[str, str]] = []
     for folder in _run_folders(p for p in paths if p.exists()):
+        if EARLIER_ATTEMPT.search(folder.name):
+            earlier.append((str(folder), _attempt_status(folder)))
+            continue
         try:
             run, metric_rows = _read_run(folder)
         except ValueError as err:
@@ -177,4 +199,4 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
     metric_df = pd.DataFrame(metrics)
     if not metric_df.empty:
         metric_df = metric_df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
-    return Results(run_df, metric_df, problems)
+    return Results(run_df, metric_df, problems, earlier)
