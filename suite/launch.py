@@ -176,14 +176,20 @@ def run_dir(cfg: RunConfig) -> RunDir:
 
 
 def skip_completed(cfg: RunConfig) -> dict[str, Any] | None:
-    """The summary to return instead of running, if ``cfg`` already completed (and
-    ``force`` is off); None if it has to run."""
+    """The summary to return instead of running, if ``cfg`` already has a result (it
+    completed, or diverged: a result too) and ``force`` is off; None if it has to run."""
     run = run_dir(cfg)
-    if cfg.force or not run.is_complete():
+    summary = run.read_summary() or {}
+    status = summary.get("status")
+    if cfg.force or status not in RESULTS:
         return None
-    log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
-    print(f"[skip] {run.path} already completed")
-    return {**(run.read_summary() or {}), "skipped": True, "run_dir": str(run.path)}
+    log.info("skipping %s: already %s (force=true re-runs it)", run.path.name, status)
+    print(f"[skip] {run.path} already {status} (a result; force=true re-runs it)")
+    return {**summary, "skipped": True, "run_dir": str(run.path)}
+
+
+#: Statuses that are results: a plain re-launch skips them, ``force=true`` re-runs them.
+RESULTS = ("completed", "diverged")
 
 
 def execute(cfg: RunConfig) -> dict[str, Any]:

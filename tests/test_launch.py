@@ -221,3 +221,18 @@ def test_a_slow_survivor_is_never_named_as_the_rank_that_died(tmp_path):
     assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
     _record_task_failure(cfg, run, Rendezvous(1, 4), settle_s=0.2)  # not named: no change
     assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
+
+
+def test_a_diverged_run_is_a_result_and_skipped_unless_forced(tmp_path, capsys):
+    from suite.launch import skip_completed
+
+    cfg = tiny_config("ddp", results_dir=str(tmp_path))
+    run = RunDir(tmp_path / cfg.run_name())
+    run.path.mkdir()
+    run.write_summary({"status": "diverged", "final_test_acc": 0.1})
+    skipped = skip_completed(cfg)
+    assert skipped is not None and skipped["skipped"] and skipped["status"] == "diverged"
+    assert "already diverged" in capsys.readouterr().out
+    assert skip_completed(dataclasses.replace(cfg, force=True)) is None
+    run.write_summary({"status": "failed", "error": "boom"})
+    assert skip_completed(cfg) is None  # a failed run is run again
