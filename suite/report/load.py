@@ -125,6 +125,8 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             summary = json.loads(summary_path.read_text())
         except ValueError as err:
             raise ValueError(f"summary.json is corrupt ({err})") from err
+        if not isinstance(summary, dict):
+            raise ValueError(f"summary.json is not a JSON object ({_json_kind(summary)})")
         run["status"] = summary.get("status", "unknown")
         run.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     else:
@@ -136,10 +138,22 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError as err:
                 raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"metrics.jsonl line {n} is not a JSON object ({_json_kind(row)})")
+            rows.append(row)
     return run, rows
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words: null, list, number, string, true/false."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, list | str):
+        return "list" if isinstance(value, list) else "string"
+    return "number"
 
 
 _SUMMARY_FIELDS = (
