@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from suite.config import ConfigError
 from suite.launch import RunBusy, check_writable, execute
+from suite.overrides import check_overrides
 from suite.sweep import register, run_config, write_outcome
 
 try:  # before Hydra composes: protocol=<plugin> must be a known choice
@@ -82,6 +83,17 @@ def _refuse_unwritable_results(argv: list[str]) -> None:
                 raise SystemExit(2) from None
 
 
+def _refuse_bad_overrides(argv: list[str]) -> None:
+    """Hydra refuses an unknown option or key before ``main`` runs, in many lines and with
+    exit status 1: check the overrides first (every sweep point) and refuse in one line."""
+    try:
+        check_overrides(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
+    _refuse_bad_overrides(sys.argv[1:])
     _refuse_unwritable_results(sys.argv[1:])
     main()

@@ -81,7 +81,7 @@ def test_submitit_local_launcher(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["protocol=nope"], "Could not find 'protocol/nope'"),
+        (["protocol=nope"], "protocol=nope is not an option of protocol; valid: auxnet, ddp"),
         (["protocol=single"], "protocol=single trains on exactly one worker; got workers=2"),
         (["workers=0"], "workers must be an integer in 1..1024"),
         (["data=cifar10"], "set data.root=/path/to/folder"),
@@ -98,6 +98,49 @@ def test_bad_input_is_refused_with_the_valid_choices(tmp_path, args, message):
     if args == ["protocol=nope"]:
         assert "ddp" in out and "localsgd" in out and "single" in out
     assert not summaries(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["protocol=foo"],
+            "error: protocol=foo is not an option of protocol; valid: auxnet, ddp, diloco, ",
+        ),
+        (["data=cifar11"], "; did you mean data=cifar10?"),
+        (
+            ["optim.lrr=0.1"],
+            "error: optim.lrr is not a key of the config; valid keys in optim: name, lr, "
+            "momentum, weight_decay, nesterov, schedule, milestones, gamma; did you mean optim.lr?",
+        ),
+        (
+            ["protocol.local_steps=5"],
+            "error: protocol.local_steps is not a key of the config with protocol=ddp; "
+            "valid keys in protocol: name (++protocol.local_steps=... sets a knob",
+        ),
+        (["-m", "protocol=ddp,foo"], "error: protocol=foo is not an option of protocol"),
+        (
+            ["-m", "protocol=localsgd,ddp", "protocol.local_steps=5"],
+            "error: protocol.local_steps is not a key of the config with protocol=ddp;",
+        ),
+        (["+experiment=resist_cfar"], "did you mean +experiment=resist_cifar?"),
+        (["workers=abc("], "error: invalid override: no viable alternative at input 'abc('"),
+    ],
+)
+def test_hydra_level_mistakes_exit_2_in_one_line(tmp_path, args, message):
+    """Mistakes Hydra itself finds (before main runs) are refused like every other
+    configuration error: one line on stderr, the valid choices, exit 2, nothing run."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "suite.run", *args, f"results_dir={results}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no results folder, no Hydra folder
 
 
 def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
