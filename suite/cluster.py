@@ -103,6 +103,8 @@ class _Job:
 class SweepSlurmLauncher(SlurmLauncher):
     """The submitit SLURM launcher, sized per sweep point and tolerant of failed jobs."""
 
+    spawns_locally = False  # workers run on the job's nodes, not on this machine
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:

@@ -87,13 +87,47 @@ def check_writable(results_dir: str | Path) -> None:
         ) from None
 
 
-def validate(cfg: RunConfig) -> None:
+def machine() -> tuple[int, int]:
+    """This machine's cores and memory in bytes (``/proc/meminfo``; 0 where unknown)."""
+    memory = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    return os.cpu_count() or 1, memory
+
+
+#: The machine rule for a local run: at most this many workers per core, and one
+#: worker per this many bytes of memory (a worker process with torch and its share of
+#: the model and data).
+WORKERS_PER_CORE, BYTES_PER_WORKER = 64, 2**29
+
+
+def check_machine(cfg: RunConfig) -> None:
+    """Refuse a run whose workers this machine cannot hold (they all start here)."""
+    cores, memory = machine()
+    limit = WORKERS_PER_CORE * cores
+    if memory:
+        limit = min(limit, max(1, memory // BYTES_PER_WORKER))
+    if cfg.workers > limit:
+        raise ConfigError(
+            f"workers={cfg.workers} would start {cfg.workers} worker processes on this machine "
+            f"({cores} cores, {memory / 2**30:.1f} GiB of memory); at most {limit} here: one per "
+            f"{BYTES_PER_WORKER / 2**30:g} GiB of memory and at most {WORKERS_PER_CORE} per core; "
+            "use fewer workers, or a cluster (hydra/launcher=slurm)"
+        )
+
+
+def validate(cfg: RunConfig, local: bool = True) -> None:
     """Refuse a configuration that cannot run, naming the problem and the valid choices
     (value sets are checked once, when the config is parsed; this checks what depends
-    on this machine, the data and the protocol)."""
+    on this machine, the data and the protocol). ``local``: the workers would start on
+    this machine (False when a SLURM sweep places them on its nodes)."""
     check_writable(cfg.results_dir)
     loggers.check(cfg)
     problem.check(cfg)
+    if local and _scheduler_tasks() <= 1:
+        check_machine(cfg)
     uses_cuda = cfg.launcher.device == "cuda" or (
         cfg.launcher.device == "auto" and torch.cuda.is_available()
     )

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -236,3 +237,76 @@ def test_a_diverged_run_is_a_result_and_skipped_unless_forced(tmp_path, capsys):
     assert skip_completed(dataclasses.replace(cfg, force=True)) is None
     run.write_summary({"status": "failed", "error": "boom"})
     assert skip_completed(cfg) is None  # a failed run is run again
+
+
+@pytest.mark.parametrize(
+    ("protocol", "overrides", "message"),
+    [
+        (
+            "ddp",
+            {"train": {"data_epochs": math.nan}},
+            "train.data_epochs must be a finite number > 0, got nan",
+        ),
+        (
+            "ddp",
+            {"train": {"data_epochs": float("1e400")}},
+            "train.data_epochs must be a finite number > 0, got inf",
+        ),
+        (
+            "ddp",
+            {"train": {"eval_every": math.nan}},
+            "train.eval_every must be a finite number > 0, got nan",
+        ),
+        ("ddp", {"optim": {"lr": -1.0}}, "optim.lr must be a finite number >= 0, got -1.0"),
+        ("ddp", {"optim": {"lr": math.inf}}, "optim.lr must be a finite number >= 0, got inf"),
+        (
+            "ddp",
+            {"optim": {"momentum": -0.5}},
+            "optim.momentum must be a finite number >= 0, got -0.5",
+        ),
+        (
+            "ddp",
+            {"launcher": {"timeout_s": 0.0}},
+            "launcher.timeout_s must be a finite number > 0, got 0.0",
+        ),
+        (
+            "ddp",
+            {"launcher": {"threads": -2}},
+            "launcher.threads must be >= 0 (0: the cores shared out), got -2",
+        ),
+        (
+            "powersgd",
+            {"protocol_kw": {"seed": -1}},
+            "protocol.seed must be in 0..4294967295, got -1",
+        ),
+        (
+            "ddp",
+            {"workers": 1000, "data": {"sharding": "full"}},
+            "workers=1000 would start 1000 worker processes on this machine",
+        ),
+    ],
+)
+def test_values_that_would_fail_inside_the_workers_are_refused_first(
+    tmp_path, protocol, overrides, message
+):
+    before = multiprocessing.active_children()
+    with pytest.raises(ConfigError) as err:
+        execute(tiny_config(protocol, results_dir=str(tmp_path), **overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert multiprocessing.active_children() == before
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_machine_limit_on_workers_is_stated_and_spares_real_uses(tmp_path, monkeypatch):
+    from suite import launch
+
+    monkeypatch.setattr(launch, "machine", lambda: (2, 4 * 2**30))  # 2 cores, 4 GiB
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), data={"sharding": "full"})
+    launch.check_machine(dataclasses.replace(cfg, workers=8))  # what the tests run: fine
+    with pytest.raises(ConfigError) as err:
+        launch.check_machine(dataclasses.replace(cfg, workers=9))
+    assert str(err.value) == (
+        "workers=9 would start 9 worker processes on this machine (2 cores, 4.0 GiB of "
+        "memory); at most 8 here: one per 0.5 GiB of memory and at most 64 per core; use "
+        "fewer workers, or a cluster (hydra/launcher=slurm)"
+    )
