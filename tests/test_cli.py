@@ -143,6 +143,29 @@ def test_hydra_level_mistakes_exit_2_in_one_line(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []  # no results folder, no Hydra folder
 
 
+@pytest.mark.parametrize("form", ["'{}'", "++results_dir={}", "-m|results_dir='{}'"])
+def test_every_form_of_results_dir_is_checked_and_nothing_lands_elsewhere(tmp_path, form):
+    """Quoted and ++ forms of results_dir were not checked (Hydra then failed with a
+    traceback) and created stray folders in the working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+
+    def arg(path):
+        text = form.split("|")[-1]
+        return text.format(path) if "=" in text else f"results_dir={text.format(path)}"
+
+    multirun = ["-m"] if form.startswith("-m|") else []
+    code, out = run_cli(*multirun, arg(f"{blocker}/a b"), cwd=work)
+    assert code == 2 and f"results_dir={blocker}/a b cannot be written" in out, out
+    assert "Traceback" not in out
+    code, out = run_cli(*multirun, arg(f"{tmp_path}/a b"), "workers=0", cwd=work)
+    assert code == 2 and "workers must be an integer in 1..1024" in out, out
+    assert list(work.iterdir()) == []  # nothing outside results_dir
+    assert (tmp_path / "a b").is_dir()
+
+
 def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     """kill -9 of the launching process: its workers die with it, nothing hangs on."""
     import os
