@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import protocols
 from suite.config import ConfigError
 
 CONF = Path(__file__).parent / "conf"
@@ -85,6 +86,8 @@ def _check_options(loader: ConfigLoaderImpl, override: Override) -> None:
     group = override.key_or_group
     options = loader.get_group_options(group)
     for value in _values(override):
+        if group == "protocol" and value in protocols.broken():
+            raise ConfigError(protocols.broken()[value])
         if value not in options:
             given = f"{_prefix(override)}{group}="
             raise ConfigError(

@@ -213,3 +213,41 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_broken_plugin_is_reported_once_and_breaks_nothing_else(tmp_path):
+    """A package whose commbench.protocols entry point cannot be imported: every other
+    protocol still runs, the breakage is said once, and asking for it is refused."""
+    import os
+
+    site = tmp_path / "site"
+    info = site / "commbench_broken-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: commbench-broken\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[commbench.protocols]\nbroken = no_such_module_x\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]])}
+    warning = (
+        "warning: the protocol plugin 'broken' (no_such_module_x, from commbench-broken) failed "
+        "to load and is left out: ModuleNotFoundError: No module named 'no_such_module_x'"
+    )
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "suite.run", *args, f"results_dir={tmp_path / 'r'}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+
+    ok = cli("protocol=ddp", *TINY)
+    assert ok.returncode == 0 and "[completed] ddp workers=2" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.stderr.count("protocol plugin") == 1 and warning in ok.stderr, ok.stderr
+    refused = cli("protocol=broken")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: protocol=broken is a plugin that failed to load: ModuleNotFoundError: No "
+        "module named 'no_such_module_x' (entry point broken = no_such_module_x of "
+        "commbench-broken); reinstall or remove that package"
+    )
