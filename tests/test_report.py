@@ -216,3 +216,25 @@ def test_out_is_replaced_only_when_the_whole_report_is_written(tmp_path, monkeyp
     assert "| localsgd |" in (out / "tables" / "accuracy.md").read_text()
     assert (out / "figures" / "scaling.png").exists() and (out / "README.md").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["paper"]
+
+
+def test_a_torn_last_metrics_line_keeps_the_run_and_is_noted(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE / "digits-ddp-w2-s0", root / "digits-ddp-w2-s0")
+    metrics = root / "digits-ddp-w2-s0" / "metrics.jsonl"
+    rows = len(metrics.read_text().splitlines())
+    with open(metrics, "a") as f:
+        f.write('{"round": 4, "step": 40, "test_a')  # a write cut short
+    results = load_runs(root)
+    assert list(results.runs.status) == ["completed"] and len(results.metrics) == rows
+    assert results.problems == [
+        (
+            str(root / "digits-ddp-w2-s0"),
+            f"metrics.jsonl line {rows + 1} (the last) is torn and was ignored; the run is kept",
+        )
+    ]
+    (root / "digits-ddp-w2-s0" / "metrics.jsonl").write_text('{"round": 1\n{"round": 2}\n')
+    assert (
+        "metrics.jsonl line 1 is corrupt"
+        in dict(load_runs(root).problems)[str(root / "digits-ddp-w2-s0")]
+    )

@@ -131,20 +131,33 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     else:
         run["status"] = "incomplete"  # no summary: still running, or killed hard
-    rows = []
-    metrics_path = folder / "metrics.jsonl"
-    if metrics_path.exists():
-        for n, line in enumerate(metrics_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"metrics.jsonl line {n} is not a JSON object ({_json_kind(row)})")
-            rows.append(row)
+    rows, torn = _read_metrics(folder / "metrics.jsonl")
+    if torn:
+        run["torn"] = torn  # a note for problems; popped before the tables
     return run, rows
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The metric rows, and a note if the last line was torn (a write cut short by a
+    crash: ignored, the run kept); any other bad line is an error (ValueError)."""
+    if not path.exists():
+        return [], ""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            if n == lines[-1][0]:
+                return (
+                    rows,
+                    f"metrics.jsonl line {n} (the last) is torn and was ignored; the run is kept",
+                )
+            raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"metrics.jsonl line {n} is not a JSON object ({_json_kind(row)})")
+        rows.append(row)
+    return rows, ""
 
 
 def _json_kind(value: Any) -> str:
@@ -192,6 +205,8 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
         except ValueError as err:
             problems.append((str(folder), str(err)))
             continue
+        if "torn" in run:
+            problems.append((str(folder), run.pop("torn")))
         seen = sum(r["run"].split(" [")[0] == run["run"] for r in runs)
         if seen:  # the same folder name under two roots: keep both, told apart
             run["run"] = f"{run['run']} [{seen + 1}]"
