@@ -75,6 +75,11 @@ def run_lock(cfg: RunConfig) -> Iterator[None]:
 def check_writable(results_dir: str | Path) -> None:
     """Refuse a results folder that cannot be written, in one line, before anything starts."""
     path = Path(results_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"results_dir={results_dir} is a file, not a folder; choose a folder, e.g. "
+            "results_dir=$HOME/results"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -310,3 +310,16 @@ def test_the_machine_limit_on_workers_is_stated_and_spares_real_uses(tmp_path, m
         "memory); at most 8 here: one per 0.5 GiB of memory and at most 64 per core; use "
         "fewer workers, or a cluster (hydra/launcher=slurm)"
     )
+
+
+def test_a_results_dir_that_is_a_file_is_said_to_be_one(tmp_path):
+    from suite.launch import check_writable
+
+    path = tmp_path / "results"
+    path.write_text("")
+    with pytest.raises(ConfigError) as err:
+        check_writable(path)
+    assert str(err.value) == (
+        f"results_dir={path} is a file, not a folder; choose a folder, e.g. "
+        "results_dir=$HOME/results"
+    )
