@@ -143,7 +143,7 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], str]:
     if not path.exists():
         return [], ""
     lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n, line in lines:
         try:
             row = json.loads(line)
