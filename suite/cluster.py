@@ -129,6 +129,10 @@ class SweepSlurmLauncher(SlurmLauncher):
                 print(f"[busy] {busy}")
                 returns[job.num] = _job_return(job, {"status": "busy", "error": str(busy)})
                 continue
+            skipped = skip_completed(job.cfg)  # again, under the lock: it may have just ended
+            if skipped is not None:
+                returns[job.num] = _job_return(job, skipped)
+                continue
             pending.setdefault(shape, []).append(job)
         with locks:  # released when every job has ended
             submitted = self._submit(params, pending)

@@ -249,6 +249,9 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
             return {**summary, "rank": rdv.rank, "run_dir": str(run.path)}
     else:
         with run_lock(cfg):
+            skipped = skip_completed(cfg)  # again: another launcher may have just ended it
+            if skipped is not None:
+                return skipped
             prepare(cfg, run)
             summary = spawn_local(cfg, run)
     _print_summary(run, summary)

@@ -323,3 +323,29 @@ def test_a_results_dir_that_is_a_file_is_said_to_be_one(tmp_path):
         f"results_dir={path} is a file, not a folder; choose a folder, e.g. "
         "results_dir=$HOME/results"
     )
+
+
+def test_a_run_completed_while_waiting_for_its_lock_is_skipped_not_redone(tmp_path, monkeypatch):
+    """Another launcher may complete the run between the first check and taking the
+    lock: the check is made again under the lock, so its result is never moved aside."""
+    import contextlib
+
+    from suite import launch
+
+    cfg = tiny_config("ddp", results_dir=str(tmp_path))
+    real_lock = launch.run_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_finished(c):
+        run = RunDir(tmp_path / c.run_name())
+        run.path.mkdir(exist_ok=True)
+        run.write_summary({"status": "completed", "final_test_acc": 0.5})  # the other one
+        with real_lock(c):
+            yield
+
+    monkeypatch.setattr(launch, "run_lock", lock_after_the_other_finished)
+    before = multiprocessing.active_children()
+    summary = execute(cfg)
+    assert summary["skipped"] and summary["final_test_acc"] == 0.5
+    assert multiprocessing.active_children() == before
+    assert not list(tmp_path.glob("*.old-*"))  # the other launcher's result stays
