@@ -12,6 +12,7 @@ are registered with Hydra before it composes (``suite.sweep.register``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import QuotedString
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -88,7 +90,10 @@ def _refuse_unwritable_results(argv: list[str]) -> None:
 def results_dirs(argv: list[str]) -> list[str]:
     """The results folder(s) the command line gives, as Hydra parses them (the last
     override wins; the config's default when none); interpolations resolved."""
-    overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    parser, overrides = OverridesParser.create(), []
+    for arg in argv:  # one by one: the value of a flag (--cfg job) is no override
+        with contextlib.suppress(HydraException):
+            overrides += parser.parse_overrides([arg])
     given = [o for o in overrides if o.key_or_group == "results_dir" and not o.is_delete()]
     if not given:
         return ["results"]

@@ -166,6 +166,11 @@ def test_every_form_of_results_dir_is_checked_and_nothing_lands_elsewhere(tmp_pa
     assert (tmp_path / "a b").is_dir()
 
 
+def test_hydras_own_flags_still_work(tmp_path):
+    code, out = run_cli("--cfg", "job", f"results_dir='{tmp_path}/a b'", cwd=tmp_path)
+    assert code == 0 and "results_dir: " in out and "protocol:" in out, out
+
+
 def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     """kill -9 of the launching process: its workers die with it, nothing hangs on."""
     import os
