@@ -9,7 +9,9 @@ loading the entry point imports the module, which registers its class.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "Protocol",
     "ProtocolConfig",
     "Work",
+    "broken",
     "build",
     "get",
     "load_all",
@@ -36,15 +39,13 @@ _loaded = False
 
 def load_all() -> dict[str, type[Protocol[Any]]]:
     """Import every shipped protocol module and every installed plugin (once); returns
-    the registry. A plugin that fails to import is an error naming it."""
+    the registry. A plugin that fails to import is left out of it (``broken()``) and
+    said once on stderr: it must not break every other protocol."""
     global _loaded
     if not _loaded:
         load_shipped()
         for entry, err in load_plugins():
-            raise ConfigError(
-                f"the protocol plugin {entry.name!r} ({entry.value}) failed to load: "
-                f"{type(err).__name__}: {err}"
-            ) from err
+            _broken_plugin(entry, err)
         _loaded = True
     return REGISTRY
 
@@ -68,9 +69,40 @@ def load_plugins() -> list[tuple[metadata.EntryPoint, Exception]]:
     return failed
 
 
+#: Plugins whose entry point failed to load: name → (the error, where it came from).
+_BROKEN: dict[str, tuple[str, str]] = {}
+#: Set once the broken plugins were reported, so worker processes do not repeat it.
+_REPORTED = "COMMBENCH_BROKEN_PLUGINS_REPORTED"
+
+
+def _broken_plugin(entry: metadata.EntryPoint, err: Exception) -> None:
+    package = entry.dist.name if entry.dist is not None else "an unknown package"
+    error = f"{type(err).__name__}: {err}"
+    _BROKEN[entry.name] = (error, f"entry point {entry.name} = {entry.value} of {package}")
+    if not os.environ.get(_REPORTED):
+        print(
+            f"warning: the protocol plugin {entry.name!r} ({entry.value}, from {package}) "
+            f"failed to load and is left out: {error}",
+            file=sys.stderr,
+        )
+        os.environ[_REPORTED] = "1"  # inherited by this run's workers
+
+
+def broken() -> dict[str, str]:
+    """Plugins that failed to load, with why: a refusal of ``protocol=<name>`` names it."""
+    load_all()
+    return {
+        name: f"protocol={name} is a plugin that failed to load: {error} ({where}); "
+        "reinstall or remove that package"
+        for name, (error, where) in _BROKEN.items()
+    }
+
+
 def get(name: str) -> type[Protocol[Any]]:
     """The protocol class registered under ``name``."""
     registry = load_all()
+    if name in broken():
+        raise ConfigError(broken()[name])
     if name not in registry:
         raise ConfigError(f"unknown protocol {name!r}; valid: {', '.join(sorted(registry))}")
     return registry[name]

@@ -110,6 +110,8 @@ class PowerSGD(Protocol[PowerSGDConfig]):
             return f"protocol.rank must be >= 1, got {cfg.rank}"
         if cfg.start_iter < 0:
             return f"protocol.start_iter must be >= 0, got {cfg.start_iter}"
+        if not 0 <= cfg.seed < 2**32:  # numpy.random.RandomState's range
+            return f"protocol.seed must be in 0..{2**32 - 1}, got {cfg.seed}"
         return super().supports(cfg, info, workers)
 
     @classmethod

@@ -103,6 +103,8 @@ class _Job:
 class SweepSlurmLauncher(SlurmLauncher):
     """The submitit SLURM launcher, sized per sweep point and tolerant of failed jobs."""
 
+    spawns_locally = False  # workers run on the job's nodes, not on this machine
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
@@ -126,6 +128,10 @@ class SweepSlurmLauncher(SlurmLauncher):
             except RunBusy as busy:
                 print(f"[busy] {busy}")
                 returns[job.num] = _job_return(job, {"status": "busy", "error": str(busy)})
+                continue
+            skipped = skip_completed(job.cfg)  # again, under the lock: it may have just ended
+            if skipped is not None:
+                returns[job.num] = _job_return(job, skipped)
                 continue
             pending.setdefault(shape, []).append(job)
         with locks:  # released when every job has ended

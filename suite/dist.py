@@ -18,8 +18,8 @@ is accounted in one place, identically for every protocol. Three byte counts are
   2·S·|θ|·4 per round), and a point-to-point transfer counts its bytes once, at the
   sender, including a rank's transfer to itself (its own share of a scatter or gather,
   as the papers count it). An all-gather of b per rank is an upload of b and a download
-  of the other S-1 shares (S·b per rank). So the same wire traffic counts half as much when a protocol
-  moves it point-to-point (AuxNet, IST, ResIST's blocks) as when it is all-reduced:
+  of the other S-1 shares (S·b per rank). So the same wire traffic counts half as much
+  when a protocol moves it point-to-point (AuxNet, IST, ResIST's blocks) as when it is all-reduced:
   compare protocols by ``bytes_moved``, not by this. Counted from the tensors handed
   over, never from a protocol's own arithmetic.
 - ``bytes_payload``: bytes of tensor data this rank handed to collectives (b for an

@@ -84,6 +84,11 @@ def run_lock(cfg: RunConfig) -> Iterator[None]:
 def check_writable(results_dir: str | Path) -> None:
     """Refuse a results folder that cannot be written, in one line, before anything starts."""
     path = Path(results_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"results_dir={results_dir} is a file, not a folder; choose a folder, e.g. "
+            "results_dir=$HOME/results"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -96,13 +101,47 @@ def check_writable(results_dir: str | Path) -> None:
         ) from None
 
 
-def validate(cfg: RunConfig) -> None:
+def machine() -> tuple[int, int]:
+    """This machine's cores and memory in bytes (``/proc/meminfo``; 0 where unknown)."""
+    memory = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    return os.cpu_count() or 1, memory
+
+
+#: The machine rule for a local run: at most this many workers per core, and one
+#: worker per this many bytes of memory (a worker process with torch and its share of
+#: the model and data).
+WORKERS_PER_CORE, BYTES_PER_WORKER = 64, 2**29
+
+
+def check_machine(cfg: RunConfig) -> None:
+    """Refuse a run whose workers this machine cannot hold (they all start here)."""
+    cores, memory = machine()
+    limit = WORKERS_PER_CORE * cores
+    if memory:
+        limit = min(limit, max(1, memory // BYTES_PER_WORKER))
+    if cfg.workers > limit:
+        raise ConfigError(
+            f"workers={cfg.workers} would start {cfg.workers} worker processes on this machine "
+            f"({cores} cores, {memory / 2**30:.1f} GiB of memory); at most {limit} here: one per "
+            f"{BYTES_PER_WORKER / 2**30:g} GiB of memory and at most {WORKERS_PER_CORE} per core; "
+            "use fewer workers, or a cluster (hydra/launcher=slurm)"
+        )
+
+
+def validate(cfg: RunConfig, local: bool = True) -> None:
     """Refuse a configuration that cannot run, naming the problem and the valid choices
     (value sets are checked once, when the config is parsed; this checks what depends
-    on this machine, the data and the protocol)."""
+    on this machine, the data and the protocol). ``local``: the workers would start on
+    this machine (False when a SLURM sweep places them on its nodes)."""
     check_writable(cfg.results_dir)
     loggers.check(cfg)
     problem.check(cfg)
+    if local and _scheduler_tasks() <= 1:
+        check_machine(cfg)
     uses_cuda = cfg.launcher.device == "cuda" or (
         cfg.launcher.device == "auto" and torch.cuda.is_available()
     )
@@ -185,14 +224,20 @@ def run_dir(cfg: RunConfig) -> RunDir:
 
 
 def skip_completed(cfg: RunConfig) -> dict[str, Any] | None:
-    """The summary to return instead of running, if ``cfg`` already completed (and
-    ``force`` is off); None if it has to run."""
+    """The summary to return instead of running, if ``cfg`` already has a result (it
+    completed, or diverged: a result too) and ``force`` is off; None if it has to run."""
     run = run_dir(cfg)
-    if cfg.force or not run.is_complete():
+    summary = run.read_summary() or {}
+    status = summary.get("status")
+    if cfg.force or status not in RESULTS:
         return None
-    log.info("skipping %s: already completed (force=true re-runs it)", run.path.name)
-    print(f"[skip] {run.path} already completed")
-    return {**(run.read_summary() or {}), "skipped": True, "run_dir": str(run.path)}
+    log.info("skipping %s: already %s (force=true re-runs it)", run.path.name, status)
+    print(f"[skip] {run.path} already {status} (a result; force=true re-runs it)")
+    return {**summary, "skipped": True, "run_dir": str(run.path)}
+
+
+#: Statuses that are results: a plain re-launch skips them, ``force=true`` re-runs them.
+RESULTS = ("completed", "diverged")
 
 
 def execute(cfg: RunConfig) -> dict[str, Any]:
@@ -214,6 +259,9 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         end_attempt(run, summary)
     else:
         with run_lock(cfg):
+            skipped = skip_completed(cfg)  # again: another launcher may have just ended it
+            if skipped is not None:
+                return skipped
             prepare(cfg, run)
             summary = spawn_local(cfg, run)
             end_attempt(run, summary)

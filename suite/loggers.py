@@ -19,6 +19,7 @@ A resumed run continues its logs from the checkpoint: rows written after it are 
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,23 @@ NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def check(cfg: RunConfig) -> None:
-    """Refuse a logger whose package is not installed, naming the extra to install."""
+    """Refuse a logger whose package is not installed, or does not import, naming the
+    extra to install."""
     package = NEEDS.get(cfg.logger.name)
     if package and importlib.util.find_spec(package) is None:
         raise ConfigError(
             f"logger={cfg.logger.name} needs the {package} package: "
             f"pip install 'commbench[{cfg.logger.name}]' (or logger=none|csv)"
         )
+    if package:  # installed is not enough: a broken install fails only when imported
+        try:
+            importlib.import_module(package)
+        except Exception as err:
+            raise ConfigError(
+                f"logger={cfg.logger.name}: the {package} package is installed but cannot be "
+                f"imported ({type(err).__name__}: {err}); reinstall it: pip install "
+                f"'commbench[{cfg.logger.name}]' (or logger=none|csv)"
+            ) from None
 
 
 class MetricLogger:

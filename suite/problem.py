@@ -11,6 +11,7 @@ registry is looked up: ``protocols`` depends on the suite's core (``suite.config
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +100,7 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if cfg.data.downsample < 1:
         raise ConfigError(f"data.downsample must be >= 1 (1: as stored), got {cfg.data.downsample}")
-    if min(cfg.train.data_epochs, cfg.train.eval_every, cfg.train.checkpoint_every) <= 0:
-        raise ConfigError(
-            "train.data_epochs, train.eval_every and train.checkpoint_every must be > 0"
-        )
+    check_numbers(cfg)
     problem = load_problem(cfg, torch.device("cpu"))  # a missing data set fails here
     ds = problem.data
     per_worker = ds.num_train // cfg.workers if cfg.data.sharding == "disjoint" else ds.num_train
@@ -115,3 +113,34 @@ def check(cfg: RunConfig) -> None:
     reason = protocols.get(cfg.protocol.name).supports(cfg.protocol, problem.info, cfg.workers)
     if reason:
         raise ConfigError(reason)
+
+
+def check_numbers(cfg: RunConfig) -> None:
+    """Numbers that parse but would fail inside the workers (nan, inf, a negative rate or
+    timeout), refused by name before any process starts."""
+    train, optim, launcher = cfg.train, cfg.optim, cfg.launcher
+    positive = {
+        "train.data_epochs": train.data_epochs,
+        "train.eval_every": train.eval_every,
+        "train.checkpoint_every": train.checkpoint_every,
+        "launcher.timeout_s": launcher.timeout_s,
+    }
+    for name, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    non_negative = {
+        "optim.lr": optim.lr,
+        "optim.weight_decay": optim.weight_decay,
+        "optim.momentum": optim.momentum,
+        "optim.eps": optim.eps,
+        "optim.gamma": optim.gamma,
+    }
+    for name, value in non_negative.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+    if not all(0 <= beta < 1 for beta in optim.betas):
+        raise ConfigError(f"optim.betas must each be in [0, 1), got {list(optim.betas)}")
+    if launcher.threads < 0:
+        raise ConfigError(
+            f"launcher.threads must be >= 0 (0: the cores shared out), got {launcher.threads}"
+        )

@@ -12,6 +12,7 @@ are registered with Hydra before it composes (``suite.sweep.register``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -20,11 +21,16 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import QuotedString
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from suite.config import ConfigError
 from suite.launch import RunBusy, check_writable, execute
+from suite.overrides import check_overrides
 from suite.sweep import register, run_config, write_outcome
 
 try:  # before Hydra composes: protocol=<plugin> must be a known choice
@@ -75,17 +81,49 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 def _refuse_unwritable_results(argv: list[str]) -> None:
     """Hydra creates its log folder under results_dir before any code of ours runs, and
-    fails there with a traceback: check the folder first and refuse in one line."""
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("results_dir=")]
-    for results in given[-1:] or ["results"]:
-        for value in results.split(","):  # a sweep over result folders
-            try:
-                check_writable(value)
-            except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2) from None
+    fails there with a traceback: check the folder first and refuse in one line. Every
+    form is read as Hydra reads it (quoted, ``++``, a sweep over several folders)."""
+    for value in results_dirs(argv):
+        try:
+            check_writable(value)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def results_dirs(argv: list[str]) -> list[str]:
+    """The results folder(s) the command line gives, as Hydra parses them (the last
+    override wins; the config's default when none); interpolations resolved."""
+    parser, overrides = OverridesParser.create(), []
+    for arg in argv:  # one by one: the value of a flag (--cfg job) is no override
+        with contextlib.suppress(HydraException):
+            overrides += parser.parse_overrides([arg])
+    given = [o for o in overrides if o.key_or_group == "results_dir" and not o.is_delete()]
+    if not given:
+        return ["results"]
+    last = given[-1]
+    values = list(last.sweep_iterator()) if last.is_sweep_override() else [last.value()]
+    texts = [v.text if isinstance(v, QuotedString) else str(v) for v in values]
+    resolved = []
+    for text in texts:
+        try:
+            resolved.append(str(OmegaConf.create({"v": text}).v))
+        except OmegaConfBaseException:  # not resolvable here: checked once composed
+            continue
+    return resolved
+
+
+def _refuse_bad_overrides(argv: list[str]) -> None:
+    """Hydra refuses an unknown option or key before ``main`` runs, in many lines and with
+    exit status 1: check the overrides first (every sweep point) and refuse in one line."""
+    try:
+        check_overrides(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
+    _refuse_bad_overrides(sys.argv[1:])
     _refuse_unwritable_results(sys.argv[1:])
     main()

@@ -112,7 +112,7 @@ def sweep_points(
             folder = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
             del sweep["hydra"]
         cfg = run_config(sweep)
-        validate(cfg)
+        validate(cfg, local=getattr(launcher, "spawns_locally", True))
         points.append((cfg, folder))
     return points
 

@@ -109,6 +109,15 @@ def test_corrupt_file_is_a_clear_error(tmp_path, no_md5):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
 
 
+def test_a_truncated_cifar_file_is_named(tmp_path, no_md5):
+    _write_cifar(tmp_path, "cifar10", 50, 7, 10)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(ConfigError) as err:
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert f"{batch} is truncated or not a CIFAR pickle (UnpicklingError" in str(err.value)
+
+
 def test_unknown_data_set_names_valid_choices():
     with pytest.raises(
         ConfigError,

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -221,3 +222,130 @@ def test_a_slow_survivor_is_never_named_as_the_rank_that_died(tmp_path):
     assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
     _record_task_failure(cfg, run, Rendezvous(1, 4), settle_s=0.2)  # not named: no change
     assert run.read_summary()["error"].startswith("rank 3 ended without an error report")
+
+
+def test_a_diverged_run_is_a_result_and_skipped_unless_forced(tmp_path, capsys):
+    from suite.launch import skip_completed
+
+    cfg = tiny_config("ddp", results_dir=str(tmp_path))
+    run = RunDir(tmp_path / cfg.run_name())
+    run.path.mkdir()
+    run.write_summary({"status": "diverged", "final_test_acc": 0.1})
+    skipped = skip_completed(cfg)
+    assert skipped is not None and skipped["skipped"] and skipped["status"] == "diverged"
+    assert "already diverged" in capsys.readouterr().out
+    assert skip_completed(dataclasses.replace(cfg, force=True)) is None
+    run.write_summary({"status": "failed", "error": "boom"})
+    assert skip_completed(cfg) is None  # a failed run is run again
+
+
+@pytest.mark.parametrize(
+    ("protocol", "overrides", "message"),
+    [
+        (
+            "ddp",
+            {"train": {"data_epochs": math.nan}},
+            "train.data_epochs must be a finite number > 0, got nan",
+        ),
+        (
+            "ddp",
+            {"train": {"data_epochs": float("1e400")}},
+            "train.data_epochs must be a finite number > 0, got inf",
+        ),
+        (
+            "ddp",
+            {"train": {"eval_every": math.nan}},
+            "train.eval_every must be a finite number > 0, got nan",
+        ),
+        ("ddp", {"optim": {"lr": -1.0}}, "optim.lr must be a finite number >= 0, got -1.0"),
+        ("ddp", {"optim": {"lr": math.inf}}, "optim.lr must be a finite number >= 0, got inf"),
+        (
+            "ddp",
+            {"optim": {"momentum": -0.5}},
+            "optim.momentum must be a finite number >= 0, got -0.5",
+        ),
+        (
+            "ddp",
+            {"launcher": {"timeout_s": 0.0}},
+            "launcher.timeout_s must be a finite number > 0, got 0.0",
+        ),
+        (
+            "ddp",
+            {"launcher": {"threads": -2}},
+            "launcher.threads must be >= 0 (0: the cores shared out), got -2",
+        ),
+        (
+            "powersgd",
+            {"protocol_kw": {"seed": -1}},
+            "protocol.seed must be in 0..4294967295, got -1",
+        ),
+        (
+            "ddp",
+            {"workers": 1000, "data": {"sharding": "full"}},
+            "workers=1000 would start 1000 worker processes on this machine",
+        ),
+    ],
+)
+def test_values_that_would_fail_inside_the_workers_are_refused_first(
+    tmp_path, protocol, overrides, message
+):
+    before = multiprocessing.active_children()
+    with pytest.raises(ConfigError) as err:
+        execute(tiny_config(protocol, results_dir=str(tmp_path), **overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert multiprocessing.active_children() == before
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_machine_limit_on_workers_is_stated_and_spares_real_uses(tmp_path, monkeypatch):
+    from suite import launch
+
+    monkeypatch.setattr(launch, "machine", lambda: (2, 4 * 2**30))  # 2 cores, 4 GiB
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), data={"sharding": "full"})
+    launch.check_machine(dataclasses.replace(cfg, workers=8))  # what the tests run: fine
+    with pytest.raises(ConfigError) as err:
+        launch.check_machine(dataclasses.replace(cfg, workers=9))
+    assert str(err.value) == (
+        "workers=9 would start 9 worker processes on this machine (2 cores, 4.0 GiB of "
+        "memory); at most 8 here: one per 0.5 GiB of memory and at most 64 per core; use "
+        "fewer workers, or a cluster (hydra/launcher=slurm)"
+    )
+
+
+def test_a_results_dir_that_is_a_file_is_said_to_be_one(tmp_path):
+    from suite.launch import check_writable
+
+    path = tmp_path / "results"
+    path.write_text("")
+    with pytest.raises(ConfigError) as err:
+        check_writable(path)
+    assert str(err.value) == (
+        f"results_dir={path} is a file, not a folder; choose a folder, e.g. "
+        "results_dir=$HOME/results"
+    )
+
+
+def test_a_run_completed_while_waiting_for_its_lock_is_skipped_not_redone(tmp_path, monkeypatch):
+    """Another launcher may complete the run between the first check and taking the
+    lock: the check is made again under the lock, so its result is never moved aside."""
+    import contextlib
+
+    from suite import launch
+
+    cfg = tiny_config("ddp", results_dir=str(tmp_path))
+    real_lock = launch.run_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_finished(c):
+        run = RunDir(tmp_path / c.run_name())
+        run.path.mkdir(exist_ok=True)
+        run.write_summary({"status": "completed", "final_test_acc": 0.5})  # the other one
+        with real_lock(c):
+            yield
+
+    monkeypatch.setattr(launch, "run_lock", lock_after_the_other_finished)
+    before = multiprocessing.active_children()
+    summary = execute(cfg)
+    assert summary["skipped"] and summary["final_test_acc"] == 0.5
+    assert multiprocessing.active_children() == before
+    assert not list(tmp_path.glob("*.old-*"))  # the other launcher's result stays

@@ -129,3 +129,25 @@ def test_a_missing_logger_package_is_refused_with_the_extra_to_install(monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "wandb" else real(n))
     with pytest.raises(ConfigError, match=r"pip install 'commbench\[wandb\]'"):
         loggers.check(RunConfig(logger=LoggerConfig(name="wandb")))
+
+
+def test_an_installed_but_broken_logger_package_is_refused_with_its_error(tmp_path, monkeypatch):
+    import sys
+
+    from suite import loggers
+    from suite.config import ConfigError, LoggerConfig, RunConfig
+
+    fake = tmp_path / "wandb"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise ImportError('libbroken.so: cannot open shared object')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    with pytest.raises(ConfigError) as err:
+        loggers.check(RunConfig(logger=LoggerConfig(name="wandb")))
+    assert str(err.value) == (
+        "logger=wandb: the wandb package is installed but cannot be imported (ImportError: "
+        "libbroken.so: cannot open shared object); reinstall it: pip install "
+        "'commbench[wandb]' (or logger=none|csv)"
+    )

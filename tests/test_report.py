@@ -7,6 +7,7 @@ failed; plus one folder with a corrupt summary.json and one without config.yaml.
 
 import filecmp
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,103 @@ def test_committed_paper_is_what_the_reference_results_generate(tmp_path):
         assert (repo / "paper" / rel).read_text() == (tmp_path / rel).read_text(), (
             f"paper/{rel} is stale: run python -m suite.report --results results/reference"
         )
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["typo", "empty", "all corrupt", "filtered out"])
+def test_nothing_readable_is_refused_and_out_is_left_untouched(tmp_path, capsys, case):
+    out = tmp_path / "paper"
+    (out / "tables").mkdir(parents=True)
+    (out / "tables" / "accuracy.md").write_text("the last good report\n")
+    (out / "notes.txt").write_text("mine\n")
+    before = _snapshot(out)
+    results = tmp_path / "results"
+    only = []
+    if case == "typo":
+        results = tmp_path / "resutls"
+    elif case == "empty":
+        results.mkdir()
+    elif case == "all corrupt":
+        for name, text in (("run-a", "{not json"), ("run-b", "[]")):
+            shutil.copytree(FIXTURE / "digits-ddp-w2-s0", results / name)
+            (results / name / "summary.json").write_text(text)
+    else:
+        results = FIXTURE
+        only = ["--only", "cifar*"]
+    with pytest.raises(SystemExit) as stop:
+        report_main(["--results", str(results), "--out", str(out), *only])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no run could be read"), err
+    assert str(results) in err[0] and f"{out} is left as it was" in err[0]
+    if case == "typo":
+        assert "results folder does not exist" in err[0]
+    if case == "all corrupt":
+        assert "summary.json is corrupt" in err[0] and "not a JSON object" in err[0]
+    if case == "filtered out":
+        assert "--only cifar*" in err[0]
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_summary_that_is_not_an_object_is_a_problem_not_fatal(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE, root)
+    for name, text in (("null", "null"), ("list", "[1, 2]")):
+        shutil.copytree(root / "digits-ddp-w2-s0", root / f"digits-ddp-w2-{name}")
+        (root / f"digits-ddp-w2-{name}" / "summary.json").write_text(text)
+    results = load_runs(root)
+    assert len(results.runs) == 7
+    problems = dict(results.problems)
+    assert problems[str(root / "digits-ddp-w2-null")] == "summary.json is not a JSON object (null)"
+    assert problems[str(root / "digits-ddp-w2-list")] == "summary.json is not a JSON object (list)"
+
+
+def test_out_is_replaced_only_when_the_whole_report_is_written(tmp_path, monkeypatch):
+    from suite.report import figures
+
+    out = tmp_path / "paper"
+    (out / "tables").mkdir(parents=True)
+    (out / "tables" / "accuracy.md").write_text("the last good report\n")
+    (out / "notes.txt").write_text("mine\n")
+    before = _snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a figure failed")
+
+    monkeypatch.setattr(figures, "scaling", broken)
+    with pytest.raises(RuntimeError, match="a figure failed"):
+        report_main(["--results", str(FIXTURE), "--out", str(out)])
+    assert _snapshot(out) == before  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["paper"]  # no temporary folder left
+    monkeypatch.undo()
+    report_main(["--results", str(FIXTURE), "--out", str(out)])
+    assert (out / "notes.txt").read_text() == "mine\n"  # not the report's: kept
+    assert "| localsgd |" in (out / "tables" / "accuracy.md").read_text()
+    assert (out / "figures" / "scaling.png").exists() and (out / "README.md").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["paper"]
+
+
+def test_a_torn_last_metrics_line_keeps_the_run_and_is_noted(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE / "digits-ddp-w2-s0", root / "digits-ddp-w2-s0")
+    metrics = root / "digits-ddp-w2-s0" / "metrics.jsonl"
+    rows = len(metrics.read_text().splitlines())
+    with open(metrics, "a") as f:
+        f.write('{"round": 4, "step": 40, "test_a')  # a write cut short
+    results = load_runs(root)
+    assert list(results.runs.status) == ["completed"] and len(results.metrics) == rows
+    assert results.problems == [
+        (
+            str(root / "digits-ddp-w2-s0"),
+            f"metrics.jsonl line {rows + 1} (the last) is torn and was ignored; the run is kept",
+        )
+    ]
+    (root / "digits-ddp-w2-s0" / "metrics.jsonl").write_text('{"round": 1\n{"round": 2}\n')
+    assert (
+        "metrics.jsonl line 1 is corrupt"
+        in dict(load_runs(root).problems)[str(root / "digits-ddp-w2-s0")]
+    )

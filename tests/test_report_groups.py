@@ -212,3 +212,30 @@ def test_reported_rows_name_the_model(tmp_path):
     projected = [line for line in md.splitlines() if "| train_s |" in line]
     values = [float(line.split(" | ")[-1].rstrip(" |")) for line in projected]
     assert values and not any(math.isnan(v) for v in values)
+
+
+def test_moved_aside_attempts_are_history_not_runs(tmp_path):
+    """``<run>.old-<time>`` folders (force=true, a fresh restart) are earlier attempts of
+    the same run: never pooled as a second seed, listed in paper/README.md instead."""
+    root = tmp_path / "results"
+    name = write_run(root, seed=0, curve=((1.0, 0.9),))
+    write_run(root, seed=0, name=f"{name}.old-20261201-101500", curve=((1.0, 0.7),))
+    write_run(root, seed=0, name=f"{name}.old-20261202-101500", status="failed")
+    results = load_runs(root)
+    assert list(results.runs.run) == [name]
+    assert sorted(results.earlier) == [
+        (str(root / f"{name}.old-20261201-101500"), "completed"),
+        (str(root / f"{name}.old-20261202-101500"), "failed"),
+    ]
+    out = tmp_path / "paper"
+    generate([str(root)], out, [], "localsgd", 0.9)
+    row = [
+        line
+        for line in (out / "tables" / "accuracy.md").read_text().splitlines()
+        if name[:6] in line or "| localsgd |" in line
+    ]
+    assert row == ["| digits | preact_resnet101x0.125 | localsgd | 2 | 90.00 | — | 1 | — |"]
+    index = (out / "README.md").read_text()
+    earlier = index.split("## Earlier attempts (not in the tables)")[1]
+    assert f"{name}.old-20261202-101500 | failed" in earlier
+    assert f"{name}.old-20261201-101500 | completed" in earlier

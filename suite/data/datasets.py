@@ -200,8 +200,13 @@ def _cifar_split(files: list[Path], key: str) -> tuple[torch.Tensor, torch.Tenso
     """Images (N, 3, 32, 32) uint8 and labels of CIFAR pickle files, concatenated."""
     images, labels = [], []
     for path in files:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        with open(path, "rb") as f:  # a missing file: its OSError names it
+            try:
+                entry = pickle.load(f, encoding="latin1")
+            except Exception as err:  # unpickling a cut-short file fails in many ways
+                raise ValueError(
+                    f"{path} is truncated or not a CIFAR pickle ({type(err).__name__}: {err})"
+                ) from err
         data = np.asarray(entry["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
             raise ValueError(f"{path.name}: 'data' has shape {data.shape}, not (N, 3072)")

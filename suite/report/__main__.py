@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +39,7 @@ def _filter(results: Results, patterns: list[str]) -> Results:
     metrics = results.metrics
     if not metrics.empty:
         metrics = metrics[metrics.run.isin(runs.run)].reset_index(drop=True)
-    return Results(runs, metrics, results.problems)
+    return Results(runs, metrics, results.problems, results.earlier)
 
 
 def generate(
@@ -42,6 +47,13 @@ def generate(
 ) -> tuple[list[Path], Results]:
     """Write every table and figure; returns the files written and what was read."""
     results = _filter(load_runs(roots), only)
+    return write_report(results, roots, out, baseline, target), results
+
+
+def write_report(
+    results: Results, roots: list[str], out: Path, baseline: str, target: float
+) -> list[Path]:
+    """Every table, figure and data file of ``results`` under ``out``; the files written."""
     runs, metrics = results.runs, results.metrics
     tables, data = out / "tables", out / "data"
     written = _paper_comm_table(tables)
@@ -62,7 +74,7 @@ def generate(
     metrics.to_csv(data / "metrics.csv", index=False)
     written += [data / "runs.csv", data / "metrics.csv"]
     written.append(_index(out, written, results, roots))
-    return written, results
+    return written
 
 
 def _paper_comm_table(tables: Path) -> list[Path]:
@@ -185,9 +197,43 @@ def _index(out: Path, written: list[Path], results: Results, roots: list[str]) -
         lines.append(to_markdown(problems))
     else:
         lines.append("None.")
+    if results.earlier:  # moved aside by force=true or a fresh restart: history
+        earlier = pd.DataFrame(results.earlier, columns=["folder", "status"])
+        lines += ["", "## Earlier attempts (not in the tables)", "", to_markdown(earlier)]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def publish(out: Path, build: Callable[[Path], list[Path]]) -> list[Path]:
+    """Run ``build`` into a temporary folder next to ``out``, then move each file it made
+    into place (``os.replace``): ``out`` changes only once the whole report is written,
+    and files there that the report did not make are kept."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        build(tmp)
+        made = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for path in made:
+            target = out / path.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / p.relative_to(tmp) for p in made]
+
+
+def refusal(roots: list[str], only: list[str], out: str, results: Results) -> str:
+    """The one line that says why no report was written: every results folder and problem."""
+    why = [f"none matches --only {' '.join(only)}"] if only else []
+    why += [f"{folder}: {problem}" for folder, problem in results.problems]
+    if not why:
+        why = ["no run folder (config.yaml, summary.json or metrics.jsonl) there"]
+    return (
+        f"error: no run could be read from {', '.join(roots)} ({'; '.join(why)}); "
+        f"nothing written, {out} is left as it was"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,8 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default="localsgd", help="protocol speedups are against")
     parser.add_argument("--target", type=float, default=0.9, help="accuracy for time-to-target")
     args = parser.parse_args(argv)
-    written, results = generate(args.results, Path(args.out), args.only, args.baseline, args.target)
-    status = results.runs.status.value_counts().to_dict() if len(results.runs) else {}
+    results = _filter(load_runs(args.results), args.only)
+    if results.runs.empty:  # nothing to report: refuse before touching --out
+        print(refusal(args.results, args.only, args.out, results), file=sys.stderr)
+        raise SystemExit(2)
+    written = publish(
+        Path(args.out),
+        lambda tmp: write_report(results, args.results, tmp, args.baseline, args.target),
+    )
+    status = results.runs.status.value_counts().to_dict()
     print(f"read {len(results.runs)} runs {status} from {', '.join(args.results)}")
     for folder, problem in results.problems:
         print(f"could not read {folder}: {problem}")

@@ -12,13 +12,17 @@
   columns repeated), the table to use for your own analyses;
 - ``problems``: folders that could not be read, with the reason. A missing or corrupt
   file never stops the rest; a run that failed or diverged stays in ``runs`` with its
-  status, never silently dropped.
+  status, never silently dropped;
+- ``earlier``: earlier attempts the launcher moved aside (``<run>.old-<time>``, after
+  ``force=true`` or a fresh restart), with their status: history, not results, so never
+  in ``runs`` (they would count as a second run of the same seed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,7 @@ class Results:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)
+    earlier: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def config_columns(self) -> list[str]:
@@ -69,6 +74,19 @@ def group_id(config: dict[str, Any]) -> str:
     """A short id of everything in a flattened semantic config but the seed."""
     key = {k: v for k, v in config.items() if k not in NOT_GROUPING}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+#: The name ``RunDir.prepare`` gives an earlier attempt it moves aside.
+EARLIER_ATTEMPT = re.compile(r"\.old-\d{8}-\d{6}$")
+
+
+def _attempt_status(folder: Path) -> str:
+    """An earlier attempt's status, as its summary says (it is listed, never pooled)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "incomplete"
+    return str(summary.get("status", "unknown")) if isinstance(summary, dict) else "unknown"
 
 
 def _run_folders(roots: Iterable[Path]) -> list[Path]:
@@ -107,22 +125,49 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             summary = json.loads(summary_path.read_text())
         except ValueError as err:
             raise ValueError(f"summary.json is corrupt ({err})") from err
+        if not isinstance(summary, dict):
+            raise ValueError(f"summary.json is not a JSON object ({_json_kind(summary)})")
         run["status"] = summary.get("status", "unknown")
         run.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     else:
         run["status"] = "incomplete"  # no summary: still running, or killed hard
     run.update(_environment(folder))
-    rows = []
-    metrics_path = folder / "metrics.jsonl"
-    if metrics_path.exists():
-        for n, line in enumerate(metrics_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as err:
-                raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
+    rows, torn = _read_metrics(folder / "metrics.jsonl")
+    if torn:
+        run["torn"] = torn  # a note for problems; popped before the tables
     return run, rows
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The metric rows, and a note if the last line was torn (a write cut short by a
+    crash: ignored, the run kept); any other bad line is an error (ValueError)."""
+    if not path.exists():
+        return [], ""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            if n == lines[-1][0]:
+                return (
+                    rows,
+                    f"metrics.jsonl line {n} (the last) is torn and was ignored; the run is kept",
+                )
+            raise ValueError(f"metrics.jsonl line {n} is corrupt ({err})") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"metrics.jsonl line {n} is not a JSON object ({_json_kind(row)})")
+        rows.append(row)
+    return rows, ""
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words: null, list, number, string, true/false."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, list | str):
+        return "list" if isinstance(value, list) else "string"
+    return "number"
 
 
 #: Where a run executed (from its env.json; for captions, never for grouping).
@@ -170,12 +215,18 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
     for root in paths:
         if not root.exists():
             problems.append((str(root), "results folder does not exist"))
+    earlier: list[tuple[str, str]] = []
     for folder in _run_folders(p for p in paths if p.exists()):
+        if EARLIER_ATTEMPT.search(folder.name):
+            earlier.append((str(folder), _attempt_status(folder)))
+            continue
         try:
             run, metric_rows = _read_run(folder)
         except ValueError as err:
             problems.append((str(folder), str(err)))
             continue
+        if "torn" in run:
+            problems.append((str(folder), run.pop("torn")))
         seen = sum(r["run"].split(" [")[0] == run["run"] for r in runs)
         if seen:  # the same folder name under two roots: keep both, told apart
             run["run"] = f"{run['run']} [{seen + 1}]"
@@ -197,4 +248,4 @@ def load_runs(roots: str | Path | Iterable[str | Path]) -> Results:
     metric_df = pd.DataFrame(metrics)
     if not metric_df.empty:
         metric_df = metric_df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
-    return Results(run_df, metric_df, problems)
+    return Results(run_df, metric_df, problems, earlier)
