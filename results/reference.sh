@@ -19,7 +19,7 @@ sweep() { python -m suite.run -m "$@" results_dir="$out" || status=$?; }
 resnet=(data=fashion_mnist data.downsample=2 optim.lr=0.03 train.data_epochs=2
         train.eval_every=0.5 workers=2,4 seed=0,1,2)
 sweep protocol=ddp "${resnet[@]}"
-sweep protocol=localsgd,resist protocol.local_steps=50 protocol.optimizer_state=reset "${resnet[@]}"
+sweep protocol=localsgd,resist ++protocol.local_steps=50 ++protocol.optimizer_state=reset "${resnet[@]}"
 
 # 2. Fashion-MNIST, the IST papers' MLP shape (2 layers, no biases, batch-statistics BN)
 #    at width 1024, their recipe: plain SGD lr 0.01, no augmentation, batch 128 per
@@ -28,7 +28,7 @@ mlp=(data=fashion_mnist model=mlp data.augment=false optim.lr=0.01 optim.momentu
      optim.weight_decay=0 optim.schedule=constant train.data_epochs=5 workers=2,4,8
      seed=0,1,2)
 sweep protocol=ddp "${mlp[@]}"
-sweep protocol=localsgd,ist protocol.local_steps=20 "${mlp[@]}"
+sweep protocol=localsgd,ist ++protocol.local_steps=20 "${mlp[@]}"
 
 # 3. The embedded default (scikit-learn's 1,797 8x8 digits: toy scale), every protocol.
 sweep protocol=ddp,localsgd,resist,ist,auxnet,diloco,powersgd workers=2,4 seed=0,1,2
