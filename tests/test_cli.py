@@ -230,7 +230,8 @@ def test_a_broken_plugin_is_reported_once_and_breaks_nothing_else(tmp_path):
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: commbench-broken\nVersion: 0\n")
     (info / "entry_points.txt").write_text("[commbench.protocols]\nbroken = no_such_module_x\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ["PYTHONPATH"]])}
+    inherited = os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), inherited) if p)}
     warning = (
         "warning: the protocol plugin 'broken' (no_such_module_x, from commbench-broken) failed "
         "to load and is left out: ModuleNotFoundError: No module named 'no_such_module_x'"

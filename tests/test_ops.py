@@ -211,7 +211,7 @@ def test_suite_workers_ignore_an_inherited_local_rank(monkeypatch):
 
     seen = []
     monkeypatch.setattr(
-        launch, "worker", lambda rdv, cfg, path, local_rank: seen.append(local_rank)
+        launch, "worker", lambda rdv, cfg, path, local_rank, **_: seen.append(local_rank)
     )
     monkeypatch.setenv("LOCAL_RANK", "0")
     for rank in range(3):

@@ -42,6 +42,7 @@ def write_run(
     (folder / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
     rows = [
         {"round": i + 1, "step": 10 * (i + 1), "train_s": t, "test_acc": a, "bytes": 100 * (i + 1)}
+        | {"bytes_moved": 100 * (i + 1)}
         for i, (t, a) in enumerate(curve)
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -159,7 +159,7 @@ def _figures(results: Results, figs: Path) -> list[Path]:
     written += figures.curves(
         metrics, "train_s", "training time (s)", figs, "accuracy_vs_time", context=ctx
     )
-    if not metrics.empty:
+    if not metrics.empty and "bytes_moved" in metrics:  # runs older than it lack it
         gb = metrics.assign(gb=metrics["bytes_moved"] / 1e9)
         written += figures.curves(
             gb,

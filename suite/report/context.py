@@ -9,6 +9,9 @@ import pandas as pd
 def train_sizes(runs: pd.DataFrame) -> dict[str, int]:
     """Training-set size per data set, from what the runs processed: steps × batch ×
     workers = data-epochs × training-set size (auxnet's ranks share one batch: left out)."""
+    needed = ("data_epochs", "steps", "data.batch_size")
+    if runs.empty or any(c not in runs for c in needed):
+        return {}
     done = runs[(runs.status == "completed") & (runs.protocol != "auxnet")]
     done = done[(done.data_epochs.astype(float) > 0) & (done.steps.astype(float) > 0)]
     sizes: dict[str, int] = {}
@@ -34,7 +37,7 @@ def context(runs: pd.DataFrame) -> str:
         return "No runs."
     cpu = runs.get("env.cpu", pd.Series(dtype=object)).dropna()
     cores = pd.to_numeric(runs.get("env.cpu_count", pd.Series(dtype=float)), errors="coerce")
-    gpus = runs.get("env.gpus", pd.Series(dtype=object)).fillna("")
+    gpus = runs.get("env.gpus", pd.Series(dtype=object)).astype(object).fillna("").astype(str)
     device = "GPU: " + ", ".join(sorted(set(gpus[gpus != ""]))) if (gpus != "").any() else "CPU"
     per_core = (runs.workers / cores).where(cores > 0)
     links = runs["link"].dropna().unique() if "link" in runs else []

@@ -67,7 +67,9 @@ def matching(runs: pd.DataFrame, expected: dict[str, Any], any_workers: bool) ->
     from suite.report.analysis import _value  # the one rendering of config values
 
     ignore = set(EXECUTION_KEYS) | ({"workers"} if any_workers else set())
-    keys = sorted((set(expected) | {c for c in runs.columns if "." in c}) - ignore)
+    from suite.report.load import config_columns
+
+    keys = sorted((set(expected) | set(config_columns(runs))) - ignore)
     done = runs[runs.status == "completed"]
     if done.empty:
         return done
