@@ -4,7 +4,8 @@
 # committed tree: each run's env.json records the commit and whether the tree was clean.
 # Sweeps skip completed runs, so an interrupted sitting resumes where it stopped.
 #   bash results/reference.sh [results folder, default results/reference]
-# On this machine (2 CPU cores, no GPU): about 90 minutes of compute in all; README
+# On this machine (2 CPU cores, no GPU): parts 1 and 2 took about 95 minutes of sweep time
+# (their train clocks add up to 38 minutes: start-up and evaluation are the rest); README
 # "The reference result set" gives each part's measured time and why this scale.
 set -uo pipefail
 out=${1:-results/reference}
