@@ -197,6 +197,7 @@ def test_a_sweep_runs_one_job_per_point_with_one_task_per_worker(two_point_sweep
         "diverged": 0,
         "skipped": 0,
         "busy": 0,
+        "stopped": 0,
         "other": 0,
     }
 
