@@ -305,7 +305,7 @@ def test_a_stopped_rank_is_named_within_the_warning_time_and_fails_the_run(tmp_p
 
 
 def test_a_run_that_stalled_and_went_on_is_not_a_clean_measurement(tmp_path, caplog):
-    cfg = tiny_config("ddp", results_dir=str(tmp_path), train={"data_epochs": 1.0})
+    cfg = tiny_config("ddp", results_dir=str(tmp_path), train={"data_epochs": 5.0})
     cfg = _launcher(cfg, stall_warn_s=1.5, stall_timeout_s=60.0)
     summary, _ = _stall_rank1(cfg, 5.0)
     assert summary["status"] == "completed", summary
