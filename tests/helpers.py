@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import protocols
@@ -85,3 +86,18 @@ def train_checkpointed(
     except Preempted as stopped:
         return {"preempted": str(stopped)}
     return {"summary": result.summary}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    """``python -m suite.run *args`` as a user types it: exit status and all it printed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "suite.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout + proc.stderr

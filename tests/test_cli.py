@@ -17,15 +17,7 @@ TINY = [
 ]
 
 
-def run_cli(*args, cwd):
-    proc = subprocess.run(
-        [sys.executable, "-m", "suite.run", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+from helpers import run_cli  # noqa: E402  (the one command-line runner of the tests)
 
 
 def summaries(results: Path):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import tiny_config
 
@@ -32,14 +33,7 @@ TINY = [
 
 
 def run_cli(*args: str, cwd: Path) -> tuple[int, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "suite.run", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+    return helpers.run_cli(*args, cwd=cwd, timeout=600)
 
 
 def test_run_names_do_not_change():
