@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
-import os
 import signal
 import sys
 import time
@@ -65,8 +64,11 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, signal.SIGKILL) != 0:  # 1 = PR_SET_PDEATHSIG
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    # A rank forked by the fork server has the server as its OS parent; the server
+    # exits when the launcher does, so the chain holds. The launcher itself may have
+    # died before we asked: its end of the pipe is then closed.
     parent = mp.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before we asked
+    if parent is not None and not parent.is_alive():
         raise RuntimeError("the launcher is already gone")
 
 

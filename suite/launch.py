@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ from suite.heartbeat import FOLDER as heartbeat_folder
 from suite.heartbeat import Heartbeat, Stalled, StallWatch
 from suite.record import RunDir, changed_environment, environment
 from suite.spawn import Outcome, signal_name, start_ranks
+from suite.spawn import context as spawn_context
 from suite.train import Preempted, train
 
 log = logging.getLogger("suite")
@@ -559,7 +559,7 @@ def _watch_ranks(
 ) -> tuple[Outcome, int | None]:
     """Run the ranks under the stop signals, calling ``watchers`` while they run; how
     they ended and the stop signal received, if any."""
-    event = mp.get_context("spawn").Event()
+    event = spawn_context().Event()
     with StopSignals(event) as signals:
 
         def poll() -> None:

@@ -177,20 +177,24 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path):
     )
 
     def ranks() -> list[int]:
-        found = []
+        """The launcher's ranks: forked by its fork server (or spawned by it), and the
+        fork server itself."""
+        parent: dict[int, int] = {}
+        command: dict[int, bytes] = {}
         for entry in Path("/proc").iterdir():
             try:
                 stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
+                command[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError):
                 continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == proc.pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-                found.append(int(entry.name))
-        return found
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        servers = [p for p, pp in parent.items() if pp == proc.pid and b"forkserver" in command[p]]
+        found = [p for p, pp in parent.items() if pp in servers]
+        found += [p for p, pp in parent.items() if pp == proc.pid and b"spawn_main" in command[p]]
+        return found + servers if found else []
 
     deadline = time.monotonic() + 60
-    while len(workers := ranks()) < 2:
+    while len(workers := ranks()) < 2:  # two ranks (and the fork server)
         assert time.monotonic() < deadline and proc.poll() is None, "workers never started"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
