@@ -12,6 +12,13 @@ are registered with Hydra before it composes (``suite.sweep.register``).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the ranks' fork server imports torch while we import ours
+    import sys as _sys
+
+    from suite._forkserver import start_early
+
+    start_early(_sys.argv[1:])
+
 import contextlib
 import dataclasses
 import signal

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from suite import netem
+from suite import _forkserver, netem
+from suite._forkserver import PRELOAD
 from suite.dist import Comm, Rendezvous, destroy_process_group, die_with_parent, init_process_group
 
 
@@ -50,40 +51,47 @@ class Outcome:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-#: Imported once by the fork server that every rank is forked from: the third-party
-#: modules that dominate a rank's start. The suite's own modules are imported in each
-#: rank, so a rank sees the code and the plugins installed when it starts.
-#: ``suite._forkserver`` first moves the server out of the launcher's process group.
-PRELOAD = ["suite._forkserver", "torch", "torch.distributed", "numpy"]
-
-
 def context() -> Any:
-    """The multiprocessing context ranks start in: the fork server with :data:`PRELOAD`
-    where there is one, else spawn. Never plain fork (the caller may hold threads)."""
-    if "forkserver" in mp.get_all_start_methods():
+    """The multiprocessing context ranks start in: the fork server with
+    :data:`~suite._forkserver.PRELOAD` where there is one, else spawn. Never plain
+    fork (the caller may hold threads)."""
+    if _forkserver.available():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)  # read when the server first starts
         return ctx
     return mp.get_context("spawn")
 
 
+def _take_environment(environ: dict[str, str]) -> dict[str, str]:
+    os.environ.clear()
+    os.environ.update(environ)
+    return environ
+
+
+class _Environment(dict[str, str]):
+    """The caller's environment, as a rank's first argument: unpickling it in the rank
+    applies it, before the rest of the arguments is unpickled (which imports the
+    target's modules and plugins, and they may read it). A forked rank would otherwise
+    have the fork server's environment, from whenever the server started."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_take_environment, (dict(self),))
+
+
 def _entry(
+    environ: dict[str, str],
     target: Callable[..., None],
     rdv: Rendezvous,
     netns: str | None,
     args: tuple[Any, ...],
     report: Connection,
-    environ: dict[str, str],
 ) -> None:
-    """Process entry: take the caller's environment (a forked rank has the fork
-    server's), die with the parent, enter the rank's namespace, run ``target``.
-    A failure's last traceback line goes to the parent over ``report``. Exits with
-    os._exit: results are already on disk, and C++ static teardown of gloo/store threads
-    at interpreter exit can abort a finished rank."""
+    """Process entry (``environ`` is already applied): die with the parent, enter the
+    rank's namespace, run ``target``. A failure's last traceback line goes to the parent
+    over ``report``. Exits with os._exit: results are already on disk, and C++ static
+    teardown of gloo/store threads at interpreter exit can abort a finished rank."""
     code = 0
     try:
-        os.environ.clear()
-        os.environ.update(environ)
         die_with_parent()
         # Its own process group: a terminal's Ctrl-C or hangup and `timeout` (which signals
         # its whole group) reach the launcher alone, which stops the ranks in order.
@@ -118,11 +126,11 @@ def start_ranks(
         ctx = context()
         pipes = [ctx.Pipe(duplex=False) for _ in range(world)]
         rdvs = [Rendezvous(r, world, host, store.port) for r in range(world)]
-        env = dict(os.environ)
+        env = _Environment(os.environ)
         procs = [
             ctx.Process(
                 target=_entry,
-                args=(target, rdvs[r], spaces[r], args, pipes[r][1], env),
+                args=(env, target, rdvs[r], spaces[r], args, pipes[r][1]),
                 name=f"rank{r}",
             )
             for r in range(world)

@@ -186,7 +186,9 @@ def check_resume_after_kill(name: str, tmp: Path) -> None:
     with the uninterrupted run's metrics, row for row (timings aside)."""
     from suite.launch import execute
 
-    cfg = kit_config(name, 2, results_dir=str(tmp / "killed"), train={"eval_every": 0.2})
+    # One data-epoch, a checkpoint at its middle: the kill lands halfway, ten rows to compare.
+    train = {"data_epochs": 1.0, "eval_every": 0.1, "checkpoint_every": 0.5}
+    cfg = kit_config(name, 2, results_dir=str(tmp / "killed"), train=train)
     result = kill_rank_at_checkpoint(cfg)
     assert result["status"] == "failed", result
     resumed = execute(cfg)  # the same command again
