@@ -131,7 +131,9 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
 
 
 def test_the_same_run_started_twice_at_once_is_refused_naming_the_first(tmp_path):
-    common = [*TINY, "train.data_epochs=3", f"results_dir={tmp_path}"]
+    # Long enough (about 30 s) that the first run is still training when the second
+    # command, which takes seconds to start, looks: a 3-data-epoch run could end first.
+    common = [*TINY, "train.data_epochs=20", f"results_dir={tmp_path}"]
     first = _start(common, tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".locks/*.lock")) or not list(tmp_path.glob("digits-*")):
