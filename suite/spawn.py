@@ -8,17 +8,16 @@ leaves no rank waiting on a collective); the first rank to fail (non-zero exit, 
 signal, the OOM killer) makes the caller stop the others at once. Each rank runs in its
 own process group, so signals meant for the launcher's group reach the launcher only.
 
-Ranks are forked from a fork server that has imported torch once (:data:`PRELOAD`), so
-a rank starts in milliseconds rather than the seconds an import of torch takes; each
-rank still gets the caller's environment, working directory and ``sys.path`` as they
-are when it starts, as a freshly spawned process would. Where Python has no fork server
-(not Linux), ranks are spawned.
+Ranks are forked from a fork server that has imported torch and what a rank needs once
+(``suite._forkserver``), so a rank starts in milliseconds rather than the seconds those
+imports take; each rank still gets the caller's environment, working directory and
+``sys.path`` as they are when it starts, as a freshly spawned process would. Where
+Python has no fork server, ranks are spawned.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -33,8 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from suite import _forkserver, netem
-from suite._forkserver import PRELOAD
+from suite import netem
+from suite._forkserver import context
 from suite.dist import Comm, Rendezvous, destroy_process_group, die_with_parent, init_process_group
 
 
@@ -49,17 +48,6 @@ class Outcome:
     #: The last line of each failed rank's traceback, sent over a pipe: it arrives even
     #: when the rank could not write its error file (a full disk).
     errors: dict[int, str] = field(default_factory=dict)
-
-
-def context() -> Any:
-    """The multiprocessing context ranks start in: the fork server with
-    :data:`~suite._forkserver.PRELOAD` where there is one, else spawn. Never plain
-    fork (the caller may hold threads)."""
-    if _forkserver.available():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)  # read when the server first starts
-        return ctx
-    return mp.get_context("spawn")
 
 
 def _take_environment(environ: dict[str, str]) -> dict[str, str]:
