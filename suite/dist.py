@@ -97,6 +97,14 @@ def init_process_group(
     """Join the run's process group (``backend_for``)."""
     if rdv.world_size == 1:
         return
+    # torch._dynamo (which torch.optim imports on first use) takes references to the
+    # default group when it is imported: imported after the group, it keeps the group
+    # and gloo's worker threads alive past destroy_process_group. A worker thread still
+    # releasing a finished collective at interpreter exit then aborts the process
+    # (SIGABRT after a completed run: a FAILED SLURM job, a failed torchrun). Imported
+    # first, it holds nothing. Ranks forked from the fork server have it already.
+    import torch._dynamo  # noqa: F401
+
     backend = backend_for(device, backend)
     timeout = timedelta(seconds=timeout_s)
     if rdv.port:

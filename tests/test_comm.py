@@ -1,5 +1,10 @@
 """``Comm`` collectives on real gloo ranks: values, and the three byte counters exactly."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import run_ranks
@@ -51,3 +56,44 @@ def _gather_uncounted(rank, comm):
 
 def test_all_gather_under_uncounted_counts_nothing(tmp_path):
     assert run_ranks(_gather_uncounted, 2, tmp_path) == [(0, 0, 0, 0.0)] * 2
+
+
+_RANK_THAT_EXITS = r"""
+import os, sys, torch
+from suite.dist import Rendezvous, destroy_process_group, init_process_group
+init_process_group(Rendezvous(int(sys.argv[1]), 2), torch.device("cpu"), 60)
+model = torch.nn.Linear(4, 4)
+model(torch.ones(2, 4)).sum().backward()
+torch.optim.SGD(model.parameters(), lr=0.1).step()  # its first use imports torch._dynamo
+flat = torch.ones(8)
+torch.distributed.all_reduce(flat)
+destroy_process_group()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads:", sorted(n for n in names if "gloo" in n))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the threads from /proc")
+def test_a_rank_started_by_a_scheduler_leaves_no_gloo_thread_behind(tmp_path):
+    """A rank in its own interpreter (SLURM task, torchrun) that builds an optimizer after
+    joining the group: destroy_process_group must end gloo's threads. One left running
+    can still be releasing a collective's tensors at interpreter exit, which aborts the
+    process after a completed run (a FAILED SLURM job)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RANK_THAT_EXITS, str(rank)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for proc in ranks:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "gloo threads: []" in out, out
