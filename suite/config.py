@@ -120,7 +120,7 @@ class TrainConfig(Checked):
     of the training-set size: 160 data-epochs at 4 workers is 40 epochs per worker.
     """
 
-    data_epochs: float = 6.0
+    data_epochs: float = 10.0
     eval_every: float = 1.0  # data-epochs between evaluations (at round boundaries)
     deterministic: bool = False
     checkpoint: bool = True  # save state as it goes; resume a run that stopped

@@ -32,7 +32,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
-from suite.config import ConfigError, RunConfig
+from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
 from suite.problem import parse_run_config
 from suite.record import atomic_write_text
 
@@ -48,6 +48,10 @@ def register() -> None:
     the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
     store.store(group="hydra/launcher", name="checked", node=CheckedLauncherConf)
+    # The budget and the way workers start: their dataclasses are the only place their
+    # defaults are written (no yaml copy to drift from them).
+    store.store(group="train", name="default", node=_plain(dataclasses.asdict(TrainConfig())))
+    store.store(group="launcher", name="local", node=_plain(dataclasses.asdict(LaunchConfig())))
     # Unique sweep dirs. Cached like Hydra's ${now:}: the launcher's value travels in the
     # pickled config to SLURM tasks, which must all write to the launcher's sweep dir.
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)

@@ -5,12 +5,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import shipped_protocols
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import protocols
-from suite.config import ConfigError, RunConfig
+from suite.config import (
+    ConfigError,
+    DataConfig,
+    LaunchConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
 from suite.problem import parse_run_config
 from suite.sweep import register
 
@@ -57,6 +67,38 @@ def test_embedded_default():
     cfg = _compose([])
     assert (cfg.protocol_name, cfg.workers, cfg.data.name) == ("ddp", 2, "digits")
     assert (cfg.model.depth, cfg.model.bn) == (101, "batch")
+
+
+def test_the_composed_default_is_every_dataclass_default():
+    """No yaml copy of a default can drift from its schema: the embedded default composes
+    to each section's dataclass defaults (train and launcher are stored from them), and
+    every model family and logger to its dataclass with only the name chosen."""
+    cfg = _compose([])
+    assert cfg.train == TrainConfig() and cfg.launcher == LaunchConfig()
+    assert (cfg.model, cfg.data, cfg.optim) == (ModelConfig(), DataConfig(), OptimConfig())
+    assert cfg.logger == LoggerConfig() and cfg.protocol == protocols.get("ddp").Config()
+    plain = RunConfig()
+    assert (cfg.workers, cfg.seed, cfg.results_dir, cfg.force) == (
+        plain.workers,
+        plain.seed,
+        plain.results_dir,
+        plain.force,
+    )
+    for group, schema in (("model", ModelConfig), ("logger", LoggerConfig)):
+        for option in _options(group):
+            assert getattr(_compose([f"{group}={option}"]), group) == schema(name=option)
+    assert not (CONF / "launcher").exists() and "\ntrain:" not in (CONF / "config.yaml").read_text()
+
+
+def test_every_reference_run_keeps_its_name():
+    """A run's folder name is its identity (the report groups by it, a re-launch skips
+    it): the committed reference runs' configs still give their folders' names."""
+    reference = Path(__file__).parent.parent / "results" / "reference"
+    runs = [p for p in reference.glob("*/config.yaml") if ".old-" not in p.parent.name]
+    assert len(runs) >= 50
+    for path in runs:
+        cfg = parse_run_config(yaml.safe_load(path.read_text()))
+        assert cfg.run_name() == path.parent.name
 
 
 def test_overrides_reach_the_protocol_config():

@@ -81,7 +81,7 @@ def test_every_semantic_key_is_a_column_and_groups_split_on_it(tmp_path):
     # The varying key is shown, next to its optimizer, as a protocol's knobs are.
     assert sorted(table.frame["optim"]) == ["sgd (lr=0.05)", "sgd (lr=0.5)"]
     assert sorted(table.frame["test acc (%)"]) == ["10.00", "90.00"]
-    assert "train.data_epochs=6" in table.common and "lr=" not in table.common
+    assert "train.data_epochs=10" in table.common and "lr=" not in table.common
 
 
 def test_speedups_only_against_a_like_baseline(tmp_path):
