@@ -25,45 +25,17 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 from suite.config import ConfigError, RunConfig
 from suite.launch import RunBusy, failed_summary, run_dir, run_lock, skip_completed
 from suite.sweep import sweep_points, write_outcome
-
-
-@dataclass
-class SlurmConf(SlurmQueueConf):
-    """``hydra/launcher=slurm``: submitit's SLURM settings plus the worker layout."""
-
-    _target_: str = "hydra_plugins.commbench_launcher.CommbenchSlurmLauncher"
-    # The layout is derived from each sweep point's `workers`; these two describe the nodes.
-    gpus_per_node: int | None = 0  # GPUs per node (0: CPU nodes; one task per GPU otherwise)
-    max_tasks_per_node: int | None = None  # CPU nodes: at most this many workers per node
-    tasks_per_node: int | None = None  # derived; leave unset
-    nodes: int | None = None  # derived; leave unset
-    timeout_min: int = 60
-    cpus_per_task: int | None = 1  # also the intra-op threads of each worker
-    mem_gb: int | None = 16  # per node
-    partition: str | None = None
-    account: str | None = None
-    max_num_timeout: int = 3  # requeues after the time limit (runs resume from checkpoints)
-    signal_delay_s: int = 120  # the signal comes this long before the limit
-    array_parallelism: int = 256
-    setup: list[str] | None = field(default_factory=list)  # lines run before srun
-    additional_parameters: dict[str, Any] = field(default_factory=dict)  # other sbatch flags
-    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmConf)
 
 
 @dataclass(frozen=True)

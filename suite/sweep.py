@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
+from suite import launchers
 from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
 from suite.problem import parse_run_config
 from suite.record import atomic_write_text
@@ -47,7 +47,7 @@ def register() -> None:
     """Every registered protocol's Config in the ConfigStore, the presets' resolvers and
     the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
-    store.store(group="hydra/launcher", name="checked", node=CheckedLauncherConf)
+    launchers.store()
     # The budget and the way workers start: their dataclasses are the only place their
     # defaults are written (no yaml copy to drift from them).
     store.store(group="train", name="default", node=_plain(dataclasses.asdict(TrainConfig())))
@@ -119,14 +119,6 @@ def sweep_points(
         validate(cfg, local=getattr(launcher, "spawns_locally", True))
         points.append((cfg, folder))
     return points
-
-
-@dataclass
-class CheckedLauncherConf:
-    """``hydra/launcher=checked`` (the default): Hydra's basic launcher, one run after
-    the other, after every point was checked."""
-
-    _target_: str = "hydra_plugins.commbench_launcher.CommbenchCheckedLauncher"
 
 
 class CheckedLauncher(BasicLauncher):

@@ -97,3 +97,18 @@ def test_slurm_progress_counts_each_job_once(capsys):
     for line in lines:  # every job in exactly one column
         counts = [int(n) for n in re.findall(r"(\d+) (?:done|failed|running|pending)", line)]
         assert sum(counts) == 3 and min(counts) >= 0
+
+
+def test_the_hydra_plugin_imports_neither_torch_nor_the_suite():
+    """Hydra imports every ``hydra_plugins`` package when any Hydra app starts: ours
+    registers the launchers' configs and leaves torch and the launchers for when one is
+    instantiated."""
+    code = (
+        "import sys, hydra_plugins.commbench_launcher as p\n"
+        "from hydra.core.config_store import ConfigStore\n"
+        "names = {n.removesuffix('.yaml') for n in ConfigStore.instance().list('hydra/launcher')}\n"
+        "heavy = sorted(m for m in ('torch', 'suite.sweep', 'suite.cluster') if m in sys.modules)\n"
+        "print(sorted(names & {'checked', 'slurm'}), heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "['checked', 'slurm'] []", out.stdout + out.stderr
