@@ -9,15 +9,13 @@ loading the entry point imports the module, which registers its class.
 from __future__ import annotations
 
 import importlib
-import multiprocessing
-import os
 import pkgutil
-import sys
 from importlib import metadata
 from typing import Any
 
 from protocols.base import REGISTRY, ProblemInfo, Protocol, ProtocolConfig, Work
 from suite.config import ConfigError, from_dict
+from suite.plugins import warn_broken
 
 __all__ = [
     "REGISTRY",
@@ -72,29 +70,17 @@ def load_plugins() -> list[tuple[metadata.EntryPoint, Exception]]:
 
 #: Plugins whose entry point failed to load: name → (the error, where it came from).
 _BROKEN: dict[str, tuple[str, str]] = {}
-#: Set once the broken plugins were reported, so worker processes do not repeat it.
-_REPORTED = "COMMBENCH_BROKEN_PLUGINS_REPORTED"
 
 
 def _broken_plugin(entry: metadata.EntryPoint, err: Exception) -> None:
     package = entry.dist.name if entry.dist is not None else "an unknown package"
     error = f"{type(err).__name__}: {err}"
     _BROKEN[entry.name] = (error, f"entry point {entry.name} = {entry.value} of {package}")
-    if not os.environ.get(_REPORTED) and not _started_by_multiprocessing():
-        print(
-            f"warning: the protocol plugin {entry.name!r} ({entry.value}, from {package}) "
-            f"failed to load and is left out: {error}",
-            file=sys.stderr,
-        )
-        os.environ[_REPORTED] = "1"  # inherited by this run's workers
-
-
-def _started_by_multiprocessing() -> bool:
-    """A rank of a local run: its launcher reported already. (While it starts, before its
-    parent is known, the bootstrap marks the process as inheriting; it may import the
-    launcher's main module then, which loads the plugins.)"""
-    current = multiprocessing.current_process()
-    return multiprocessing.parent_process() is not None or getattr(current, "_inheriting", False)
+    warn_broken(
+        f"protocol={entry.name}",
+        f"the protocol plugin {entry.name!r} ({entry.value}, from {package}) "
+        f"failed to load and is left out: {error}",
+    )
 
 
 def broken() -> dict[str, str]:

@@ -11,46 +11,14 @@ import copy
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before any worker process starts."""
-
-
-_LITERALS: dict[type, dict[str, tuple[Any, ...]]] = {}
-
-
-def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
-    if cls not in _LITERALS:
-        _LITERALS[cls] = _find_literals(cls)
-    return _LITERALS[cls]
-
-
-def _find_literals(cls: type) -> dict[str, tuple[Any, ...]]:
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: typing.get_args(hints[f.name])
-        for f in dataclasses.fields(cls)
-        if typing.get_origin(hints[f.name]) is typing.Literal
-    }
-
-
-class Checked:
-    """A frozen config dataclass whose fields with a fixed set of values (``Literal``)
-    are validated once, when it is built, however it is built."""
-
-    def __post_init__(self) -> None:
-        for name, choices in _literal_fields(type(self)).items():
-            value = getattr(self, name)
-            if value not in choices:
-                raise ConfigError(
-                    f"{type(self).__name__}.{name}={value!r} is not valid; "
-                    f"choose one of {list(choices)}"
-                )
+from suite.optimizers import SGD, Optimizer
+from suite.optimizers import fields_of as optimizer_fields
+from suite.schema import Checked as Checked
+from suite.schema import ConfigError as ConfigError
+from suite.schema import from_dict as from_dict
 
 
 @dataclass(frozen=True)
@@ -92,24 +60,6 @@ class DataConfig(Checked):
     image_size: int = 32
     channels: int = 3
     num_classes: int = 10
-
-
-@dataclass(frozen=True)
-class OptimConfig(Checked):
-    """torch's SGD or AdamW, with a learning-rate schedule over the whole budget."""
-
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    # name=sgd only:
-    momentum: float = 0.9
-    nesterov: bool = False
-    # name=adamw only:
-    betas: tuple[float, ...] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the budget (step schedule)
-    gamma: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -167,7 +117,7 @@ class RunConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Optimizer = field(default_factory=SGD)  # the chosen one's config (suite.optimizers)
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LaunchConfig = field(default_factory=LaunchConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -206,8 +156,6 @@ MODEL_FAMILY_FIELDS = {
     "preact_resnet": ("depth", "width", "bn"),
     "mlp": ("hidden", "layers", "variant"),
 }
-#: Optimizer fields only one optimizer reads.
-OPTIM_FIELDS = {"sgd": ("momentum", "nesterov"), "adamw": ("betas", "eps")}
 
 
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +167,8 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     Dropped: where results go and how processes are started (``results_dir``,
     ``force``, ``launcher`` except the device and an emulated link, which change
     timings), whether state is checkpointed, where the data lives (``data.root``,
-    ``data.download``), and fields the chosen model family or data set never reads.
+    ``data.download``), and fields the chosen model family, optimizer or data set
+    never reads.
     """
     d = copy.deepcopy(config)
     launcher = d.pop("launcher", None) or {}
@@ -236,12 +185,16 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
             data.pop(key, None)
     if data.get("downsample", 1) == 1:  # added later: runs before it keep their names
         data.pop("downsample", None)
-    for section, families in (("model", MODEL_FAMILY_FIELDS), ("optim", OPTIM_FIELDS)):
-        part = d.get(section, {})
-        for family, fields in families.items():
-            if part.get("name", "sgd" if section == "optim" else None) != family:
-                for key in fields:
-                    part.pop(key, None)
+    model = d.get("model", {})
+    for family, fields in MODEL_FAMILY_FIELDS.items():
+        if model.get("name") != family:
+            for key in fields:
+                model.pop(key, None)
+    optim = d.get("optim", {})
+    known = optimizer_fields(optim.get("name", "sgd"))
+    if known is not None:  # a run folder may hold every optimizer's knobs (older runs)
+        for key in set(optim) - known:
+            optim.pop(key)
     if d.get("model", {}).get("name") == "mlp":  # nothing to lay out: the same either way
         train.pop("channels_last", None)
     d["device"] = launcher.get("device", "auto")
@@ -262,60 +215,3 @@ def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = tuple(value) if isinstance(value, list | tuple) else value
     return flat
-
-
-T = TypeVar("T")
-
-
-def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build a (nested) dataclass from a plain dict, refusing unknown keys by name."""
-    values = dict(values or {})
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {names}"
-        )
-    kwargs = {}
-    for name, raw in values.items():
-        kwargs[name] = _coerce(hints[name], raw, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, raw: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where} must be a mapping, got {raw!r}")
-        return from_dict(tp, raw, where)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if raw is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, raw, where)
-    if origin is tuple:
-        if not isinstance(raw, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {raw!r}")
-        (inner, _) = typing.get_args(tp)
-        return tuple(_coerce(inner, v, where) for v in raw)
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if raw not in choices:
-            raise ConfigError(f"{where}={raw!r} is not valid; choose one of {list(choices)}")
-        return raw
-    if tp is Any:
-        return raw
-    if tp is bool:
-        if not isinstance(raw, bool):
-            raise ConfigError(f"{where} must be true or false, got {raw!r}")
-        return raw
-    if tp in (int, float, str):
-        if isinstance(raw, bool) or (tp is int and isinstance(raw, float)):
-            raise ConfigError(f"{where} must be {tp.__name__}, got {raw!r}")
-        try:
-            return tp(raw)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where} must be {tp.__name__}, got {raw!r}") from err
-    return raw

@@ -1,8 +1,8 @@
 """``python -m suite.list``: what is installed and how to choose it on the command line.
 
-Protocols (shipped and from plugins: name, title, the package it comes from, its knobs
-with their defaults), data sets, models and optimizers (their config-group defaults),
-and every installed plugin that failed to load, with its error. Exits 0 either way.
+Protocols and optimizers (shipped and from plugins: name, the package it comes from, its
+knobs with their defaults), data sets and models (their config-group defaults), and
+every installed plugin that failed to load, with its error. Exits 0 either way.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 import protocols
+from suite import optimizers
 from suite.data import DATASETS
 
 CONF = Path(__file__).parent / "conf"
@@ -39,7 +40,7 @@ def group_defaults(group: str) -> dict[str, dict[str, Any]]:
 def distribution_of(module: str, plugins: Mapping[str, str]) -> str:
     """The installed package a protocol's module comes from."""
     top = module.split(".")[0]
-    if top == "protocols":
+    if top in ("protocols", "suite"):
         return "commbench"
     if top in plugins:
         return plugins[top]
@@ -63,27 +64,42 @@ def section(title: str, rows: Iterable[str]) -> list[str]:
     return [f"{title} ({len(rows)}):", *(rows or ["  (none)"]), ""]
 
 
+def optimizer_lines(plugins: Mapping[str, str]) -> list[str]:
+    """One line per registered optimizer: its knobs with their defaults, and its source."""
+    lines = []
+    for name, cls in sorted(optimizers.load_all().items()):
+        config = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "name"}
+        source = distribution_of(cls.__module__, plugins)
+        lines.append(f"  {name:<14} from {source}: {knobs(config)}")
+    return lines
+
+
 def report() -> str:
     """The whole listing."""
     protocols.load_shipped()
     failed = protocols.load_plugins()  # a broken plugin is listed, not raised
     plugins = {}
-    for entry in metadata.entry_points(group=protocols.ENTRY_POINT_GROUP):
-        dist = getattr(entry, "dist", None)
-        if dist is not None:
-            plugins[entry.value.split(":")[0].split(".")[0]] = dist.metadata["Name"]
+    for group in (protocols.ENTRY_POINT_GROUP, optimizers.ENTRY_POINT_GROUP):
+        for entry in metadata.entry_points(group=group):
+            dist = getattr(entry, "dist", None)
+            if dist is not None:
+                plugins[entry.value.split(":")[0].split(".")[0]] = dist.metadata["Name"]
     data = group_defaults("data")
     lines = section("protocols (protocol=<name>, protocol.<knob>=...)", protocol_lines(plugins))
     lines += section(
         "data sets (data=<name>, data.<knob>=...)",
         (f"  {n:<14} {knobs(data.get(n, {}))}" for n in DATASETS),
     )
-    for group, title in (("model", "models"), ("optim", "optimizers")):
-        rows = (f"  {n:<14} {knobs(v)}" for n, v in group_defaults(group).items())
-        lines += section(f"{title} ({group}=<name>, {group}.<knob>=...)", rows)
+    rows = (f"  {n:<14} {knobs(v)}" for n, v in group_defaults("model").items())
+    lines += section("models (model=<name>, model.<knob>=...)", rows)
+    lines += section("optimizers (optim=<name>, optim.<knob>=...)", optimizer_lines(plugins))
     lines += section(
-        f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP} that failed to load)",
-        (f"  {e.name} ({e.value}): {type(err).__name__}: {err}" for e, err in failed),
+        f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP} and "
+        f"{optimizers.ENTRY_POINT_GROUP} that failed to load)",
+        [
+            *(f"  {e.name} ({e.value}): {type(err).__name__}: {err}" for e, err in failed),
+            *(f"  optim={name}: {why}" for name, why in optimizers.broken().items()),
+        ],
     )
     return "\n".join(lines).rstrip() + "\n"
 

@@ -20,6 +20,7 @@ from torch import nn
 
 import protocols
 from protocols.base import ProblemInfo, Protocol
+from suite import optimizers
 from suite.config import ConfigError, RunConfig, from_dict
 from suite.data import ImageDataset, load_dataset
 from suite.models import build_model
@@ -37,17 +38,24 @@ class Problem:
     info: ProblemInfo
 
 
-def parse_run_config(values: dict[str, Any]) -> RunConfig:
+def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfig:
     """A resolved config dict (Hydra's, minus ``hydra``) → :class:`RunConfig`, the
-    protocol's knobs parsed by its own ``Config``."""
+    protocol's knobs parsed by its own ``Config`` and the optimizer's by its own.
+    ``recorded``: the dict is a run folder's ``config.yaml`` (``optimizers.parse_config``
+    reads the knobs of older records leniently)."""
     values = dict(values)
     values.pop("hydra", None)
     proto = values.pop("protocol", None)
     if not isinstance(proto, dict):
         valid = ", ".join(sorted(protocols.load_all()))
         raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {valid}")
+    optim = values.pop("optim", None)
     cfg = from_dict(RunConfig, values)
-    return dataclasses.replace(cfg, protocol=protocols.parse_config(proto))
+    return dataclasses.replace(
+        cfg,
+        protocol=protocols.parse_config(proto),
+        optim=optimizers.parse_config(optim, recorded=recorded),
+    )
 
 
 def problem_info(cfg: RunConfig, ds: ImageDataset, model: nn.Module) -> ProblemInfo:
@@ -128,18 +136,8 @@ def check_numbers(cfg: RunConfig) -> None:
     for name, value in positive.items():
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a finite number > 0, got {value}")
-    non_negative = {
-        "optim.lr": optim.lr,
-        "optim.weight_decay": optim.weight_decay,
-        "optim.momentum": optim.momentum,
-        "optim.eps": optim.eps,
-        "optim.gamma": optim.gamma,
-    }
-    for name, value in non_negative.items():
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-    if not all(0 <= beta < 1 for beta in optim.betas):
-        raise ConfigError(f"optim.betas must each be in [0, 1), got {list(optim.betas)}")
+    for problem in optim.problems():
+        raise ConfigError(problem)
     if launcher.threads < 0:
         raise ConfigError(
             f"launcher.threads must be >= 0 (0: the cores shared out), got {launcher.threads}"

@@ -31,7 +31,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
-from suite import launchers
+from suite import launchers, optimizers
 from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
 from suite.problem import parse_run_config
 from suite.record import atomic_write_text
@@ -44,14 +44,16 @@ BAD = ("failed", "stopped", "busy", "unknown")
 
 
 def register() -> None:
-    """Every registered protocol's Config in the ConfigStore, the presets' resolvers and
-    the checked local launcher (idempotent)."""
+    """Every registered protocol's and optimizer's config in the ConfigStore, the
+    presets' resolvers and the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
     launchers.store()
     # The budget and the way workers start: their dataclasses are the only place their
     # defaults are written (no yaml copy to drift from them).
     store.store(group="train", name="default", node=_plain(dataclasses.asdict(TrainConfig())))
     store.store(group="launcher", name="local", node=_plain(dataclasses.asdict(LaunchConfig())))
+    for name, optimizer in sorted(optimizers.load_all().items()):
+        store.store(group="optim", name=name, node=_plain(dataclasses.asdict(optimizer())))
     # Unique sweep dirs. Cached like Hydra's ${now:}: the launcher's value travels in the
     # pickled config to SLURM tasks, which must all write to the launcher's sweep dir.
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)

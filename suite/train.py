@@ -19,7 +19,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,11 @@ from torch import nn
 
 from protocols.base import OptimizerFactory, Protocol
 from suite.checkpoint import Checkpoints
-from suite.config import OptimConfig, RunConfig
+from suite.config import RunConfig
 from suite.data import TrainBatches, eval_batches
 from suite.dist import Comm
 from suite.loggers import MetricLogger, open_logger
+from suite.optimizers import Optimizer
 from suite.problem import build_protocol, load_problem, model_is_conv
 from suite.record import RunDir
 
@@ -101,27 +102,13 @@ class LoopState:
     lr: float = 0.0
 
 
-def make_optimizer_factory(cfg: OptimConfig) -> OptimizerFactory:
-    """A function params → torch optimizer (SGD or AdamW); protocols build theirs with it."""
-
-    def make(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        if cfg.name == "adamw":
-            betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-            return torch.optim.AdamW(
-                params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay
-            )
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            nesterov=cfg.nesterov,
-        )
-
-    return make
+def make_optimizer_factory(cfg: Optimizer) -> OptimizerFactory:
+    """A function params → the configured torch optimizer (``Optimizer.build``);
+    protocols build theirs with it."""
+    return cfg.build
 
 
-def learning_rate(cfg: OptimConfig, step: int, total: int) -> float:
+def learning_rate(cfg: Optimizer, step: int, total: int) -> float:
     """The schedule as a function of the global step (so rebuilt optimizers follow it)."""
     if cfg.schedule == "constant":
         return cfg.lr

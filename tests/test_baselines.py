@@ -9,7 +9,7 @@ from torch import nn
 
 import protocols
 from protocols.powersgd import PowerSGD, PowerSGDConfig, orthogonalize, plan
-from suite.config import OptimConfig
+from suite.optimizers import SGD
 from suite.train import make_optimizer_factory
 
 
@@ -54,7 +54,7 @@ def _powersgd_vs_torch(rank, comm, matrix_rank, steps):
     opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
     cfg = PowerSGDConfig(rank=matrix_rank, start_iter=2)
     proto = PowerSGD(cfg)
-    make = make_optimizer_factory(OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.0))
+    make = make_optimizer_factory(SGD(lr=0.1, momentum=0.9, weight_decay=0.0))
     proto.setup(ours, comm, make, problem(ours, image_size=8))
     gen = torch.Generator().manual_seed(100 + rank)
     before = comm.bytes_paper
@@ -108,7 +108,7 @@ def _diloco_outer_steps(rank, comm):
     model = nn.Linear(3, 2)
     cfg = protocols.parse_config({"name": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9})
     proto = protocols.build(cfg)
-    proto.setup(model, comm, make_optimizer_factory(OptimConfig()), problem(model))
+    proto.setup(model, comm, make_optimizer_factory(SGD()), problem(model))
     start = [p.detach().clone() for p in model.parameters()]
     seen = []
     for r in range(3):
