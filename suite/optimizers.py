@@ -8,30 +8,28 @@ optimizer shares the learning-rate schedule over the whole budget (``lr``,
 exactly the chosen optimizer's fields.
 
 An optimizer from an installed package is found through the entry-point group
-``commbench.optimizers`` (``[project.entry-points."commbench.optimizers"] lion =
-"my_package.lion"``): loading it imports the module, which registers its class. One that
+``commbench.optimizers`` (``[project.entry-points."commbench.optimizers"] rmsprop =
+"my_package.rmsprop"``): loading it imports the module, which registers its class. One that
 fails to import is left out, said once, and named when chosen.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from suite.plugins import warn_broken
-from suite.schema import Checked, ConfigError, from_dict
+from suite.plugins import Registry
+from suite.schema import Checked
 
 if TYPE_CHECKING:
     import torch
 
 #: The entry-point group plugins register their optimizer modules under.
 ENTRY_POINT_GROUP = "commbench.optimizers"
-#: name → Optimizer subclass.
-REGISTRY: dict[str, type[Optimizer]] = {}
+#: Every optimizer, by name.
+REGISTRY: Registry[Optimizer] = Registry("optimizer", "optim", ENTRY_POINT_GROUP, "sgd")
 
 
 @dataclass(frozen=True)
@@ -52,9 +50,8 @@ class Optimizer(Checked):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name:
-            REGISTRY[name] = cls
+        if cls.__dict__.get("name"):
+            REGISTRY.add(cls)
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The torch optimizer over ``params`` at this config's ``lr``."""
@@ -121,66 +118,26 @@ class AdamW(Optimizer):
         return found
 
 
-_loaded = False
-#: Plugins whose entry point failed to load: name → why.
-_BROKEN: dict[str, str] = {}
-
-
 def load_all() -> dict[str, type[Optimizer]]:
-    """The registry, with every installed plugin loaded (once)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                entry.load()
-            except Exception as err:
-                package = entry.dist.name if entry.dist is not None else "an unknown package"
-                _BROKEN[entry.name] = (
-                    f"{type(err).__name__}: {err} (entry point {entry.name} = {entry.value} "
-                    f"of {package})"
-                )
-                warn_broken(
-                    f"optim={entry.name}",
-                    f"the optimizer plugin {entry.name!r} failed to load and is left out: "
-                    f"{_BROKEN[entry.name]}",
-                )
-    return REGISTRY
+    """Every optimizer, installed plugins loaded (once)."""
+    return REGISTRY.load_all()
 
 
 def broken() -> dict[str, str]:
     """Optimizer plugins that failed to load, with why."""
-    load_all()
-    return dict(_BROKEN)
+    return REGISTRY.broken()
 
 
 def get(name: str) -> type[Optimizer]:
     """The optimizer registered under ``name``."""
-    registry = load_all()
-    if name in _BROKEN:
-        raise ConfigError(
-            f"optim={name} is a plugin that failed to load: {_BROKEN[name]}; "
-            "reinstall or remove that package"
-        )
-    if name not in registry:
-        raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(registry))}")
-    return registry[name]
+    return REGISTRY.get(name)
 
 
 def parse_config(values: dict[str, Any] | None, recorded: bool = False) -> Optimizer:
-    """``{name: ..., knobs...}`` → that optimizer's frozen config; unknown keys are
-    refused by name. ``recorded``: a run folder's ``config.yaml`` written before
-    optimizers were components held every optimizer's knobs; the chosen one's are read
-    and the rest ignored."""
-    values = dict(values or {})
-    cls = get(str(values.get("name", "sgd")))
-    if recorded:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-    return from_dict(cls, values, f"optim ({cls.name})")
+    """``{name: ..., knobs...}`` → that optimizer's config (``Registry.parse``)."""
+    return REGISTRY.parse(values, recorded)
 
 
 def fields_of(name: str) -> set[str] | None:
     """The fields of the optimizer registered as ``name`` (None if none is)."""
-    cls = load_all().get(name)
-    return {f.name for f in dataclasses.fields(cls)} if cls is not None else None
+    return REGISTRY.fields_of(name)

@@ -75,7 +75,7 @@ def test_a_subclass_with_a_name_registers_itself_and_parses_strictly():
         params = [torch.nn.Parameter(torch.ones(2))]
         assert isinstance(cfg.build(params), torch.optim.SGD)
     finally:
-        del optimizers.REGISTRY["plain_test_sgd"]
+        del optimizers.REGISTRY.classes["plain_test_sgd"]
     with pytest.raises(ConfigError, match=r"unknown optimizer 'plain_test_sgd'; valid: adamw, "):
         optimizers.get("plain_test_sgd")
 
