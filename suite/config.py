@@ -1,8 +1,9 @@
 """Typed configuration: Hydra's ``DictConfig`` stops at ``suite.run``; code below it sees these.
 
-Each component gets only its own part (``ModelConfig`` for the model, ...). The
-protocol's knobs are parsed by the protocol's own frozen ``Config`` dataclass, looked up
-in the registry by ``protocol.name``.
+Each component gets only its own part (``DataConfig`` for the data, ...). The knobs of
+the protocol, the model and the optimizer are parsed by the chosen one's own frozen
+config class, looked up in its registry by name (``protocols``, ``suite.architectures``,
+``suite.optimizers``).
 """
 
 from __future__ import annotations
@@ -14,32 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from suite.architectures import REGISTRY as models_registry
+from suite.architectures import Model, PreActResNetConfig
+from suite.optimizers import REGISTRY as optimizers_registry
 from suite.optimizers import SGD, Optimizer
-from suite.optimizers import fields_of as optimizer_fields
 from suite.schema import Checked as Checked
 from suite.schema import ConfigError as ConfigError
 from suite.schema import from_dict as from_dict
-
-
-@dataclass(frozen=True)
-class ModelConfig(Checked):
-    """The shared model. ``width`` multiplies the 64/128/256/512 channel widths."""
-
-    name: Literal["preact_resnet", "mlp"] = "preact_resnet"
-    depth: int = 101
-    width: float = 0.125
-    bn: Literal["batch", "running", "none"] = "batch"  # batch: batch statistics always (code)
-    # name=mlp only (the IST papers' fully connected nets):
-    hidden: int = 1024  # hidden width (4096 / 8192 in the papers)
-    layers: int = 2  # Linear layers: 2 = one hidden layer
-    variant: Literal["ist", "plain"] = "ist"  # the papers' net, or biases and running BN
-
-    @property
-    def tag(self) -> str:
-        """A short readable name, e.g. ``preact_resnet101`` or ``mlp2x1024``."""
-        if self.name == "mlp":
-            return f"mlp{self.layers}x{self.hidden}"
-        return f"{self.name}{self.depth}"
 
 
 @dataclass(frozen=True)
@@ -115,7 +97,7 @@ class RunConfig:
     protocol: Any = None  # the protocol's own frozen Config (a protocols.base.ProtocolConfig)
     workers: int = 2
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Model = field(default_factory=PreActResNetConfig)  # suite.architectures
     data: DataConfig = field(default_factory=DataConfig)
     optim: Optimizer = field(default_factory=SGD)  # the chosen one's config (suite.optimizers)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -151,11 +133,6 @@ class RunConfig:
 
 #: Data-set fields that only ``data.name=synthetic`` reads.
 SYNTHETIC_ONLY = ("num_train", "num_test", "image_size", "channels", "num_classes")
-#: Model fields of each family; a run's identity holds only its own family's fields.
-MODEL_FAMILY_FIELDS = {
-    "preact_resnet": ("depth", "width", "bn"),
-    "mlp": ("hidden", "layers", "variant"),
-}
 
 
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -185,17 +162,15 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
             data.pop(key, None)
     if data.get("downsample", 1) == 1:  # added later: runs before it keep their names
         data.pop("downsample", None)
-    model = d.get("model", {})
-    for family, fields in MODEL_FAMILY_FIELDS.items():
-        if model.get("name") != family:
-            for key in fields:
-                model.pop(key, None)
-    optim = d.get("optim", {})
-    known = optimizer_fields(optim.get("name", "sgd"))
-    if known is not None:  # a run folder may hold every optimizer's knobs (older runs)
-        for key in set(optim) - known:
-            optim.pop(key)
-    if d.get("model", {}).get("name") == "mlp":  # nothing to lay out: the same either way
+    # A run folder written before models and optimizers were components holds every
+    # family's knobs: only the chosen one's count (all of them for one not installed).
+    for section, registry in (("model", models_registry), ("optim", optimizers_registry)):
+        part = d.get(section, {})
+        known = registry.fields_of(part.get("name", registry.default))
+        for key in set(part) - (known or set(part)):
+            part.pop(key)
+    model = models_registry.load_all().get(d.get("model", {}).get("name", ""))
+    if model is not None and not model.convolutional:  # nothing to lay out: the same either way
         train.pop("channels_last", None)
     d["device"] = launcher.get("device", "auto")
     if launcher.get("backend", "auto") != "auto":  # a chosen backend changes timings

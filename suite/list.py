@@ -1,7 +1,7 @@
 """``python -m suite.list``: what is installed and how to choose it on the command line.
 
-Protocols and optimizers (shipped and from plugins: name, the package it comes from, its
-knobs with their defaults), data sets and models (their config-group defaults), and
+Protocols, models and optimizers (shipped and from plugins: name, the package it comes
+from, its knobs with their defaults), data sets (their config-group defaults), and
 every installed plugin that failed to load, with its error. Exits 0 either way.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 import protocols
-from suite import optimizers
+from suite import architectures, optimizers
 from suite.data import DATASETS
+from suite.plugins import Registry
 
 CONF = Path(__file__).parent / "conf"
 
@@ -64,10 +65,11 @@ def section(title: str, rows: Iterable[str]) -> list[str]:
     return [f"{title} ({len(rows)}):", *(rows or ["  (none)"]), ""]
 
 
-def optimizer_lines(plugins: Mapping[str, str]) -> list[str]:
-    """One line per registered optimizer: its knobs with their defaults, and its source."""
+def component_lines(registry: Registry[Any], plugins: Mapping[str, str]) -> list[str]:
+    """One line per registered model or optimizer: its knobs with their defaults, and
+    the package it comes from."""
     lines = []
-    for name, cls in sorted(optimizers.load_all().items()):
+    for name, cls in sorted(registry.load_all().items()):
         config = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "name"}
         source = distribution_of(cls.__module__, plugins)
         lines.append(f"  {name:<14} from {source}: {knobs(config)}")
@@ -79,7 +81,8 @@ def report() -> str:
     protocols.load_shipped()
     failed = protocols.load_plugins()  # a broken plugin is listed, not raised
     plugins = {}
-    for group in (protocols.ENTRY_POINT_GROUP, optimizers.ENTRY_POINT_GROUP):
+    groups = [protocols.ENTRY_POINT_GROUP, architectures.ENTRY_POINT_GROUP]
+    for group in [*groups, optimizers.ENTRY_POINT_GROUP]:
         for entry in metadata.entry_points(group=group):
             dist = getattr(entry, "dist", None)
             if dist is not None:
@@ -90,14 +93,20 @@ def report() -> str:
         "data sets (data=<name>, data.<knob>=...)",
         (f"  {n:<14} {knobs(data.get(n, {}))}" for n in DATASETS),
     )
-    rows = (f"  {n:<14} {knobs(v)}" for n, v in group_defaults("model").items())
-    lines += section("models (model=<name>, model.<knob>=...)", rows)
-    lines += section("optimizers (optim=<name>, optim.<knob>=...)", optimizer_lines(plugins))
+    for registry, title in (
+        (architectures.REGISTRY, "models"),
+        (optimizers.REGISTRY, "optimizers"),
+    ):
+        key = registry.key
+        rows = component_lines(registry, plugins)
+        lines += section(f"{title} ({key}=<name>, {key}.<knob>=...)", rows)
     lines += section(
-        f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP} and "
-        f"{optimizers.ENTRY_POINT_GROUP} that failed to load)",
+        f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP}, "
+        f"{architectures.ENTRY_POINT_GROUP} and {optimizers.ENTRY_POINT_GROUP} that failed "
+        "to load)",
         [
             *(f"  {e.name} ({e.value}): {type(err).__name__}: {err}" for e, err in failed),
+            *(f"  model={name}: {why}" for name, why in architectures.REGISTRY.broken().items()),
             *(f"  optim={name}: {why}" for name, why in optimizers.broken().items()),
         ],
     )

@@ -20,10 +20,9 @@ from torch import nn
 
 import protocols
 from protocols.base import ProblemInfo, Protocol
-from suite import optimizers
+from suite import architectures, optimizers
 from suite.config import ConfigError, RunConfig, from_dict
 from suite.data import ImageDataset, load_dataset
-from suite.models import build_model
 
 MAX_WORKERS = 1024
 
@@ -40,7 +39,7 @@ class Problem:
 
 def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfig:
     """A resolved config dict (Hydra's, minus ``hydra``) → :class:`RunConfig`, the
-    protocol's knobs parsed by its own ``Config`` and the optimizer's by its own.
+    protocol's, model's and optimizer's knobs each parsed by its own config class.
     ``recorded``: the dict is a run folder's ``config.yaml`` (``optimizers.parse_config``
     reads the knobs of older records leniently)."""
     values = dict(values)
@@ -49,11 +48,12 @@ def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfi
     if not isinstance(proto, dict):
         valid = ", ".join(sorted(protocols.load_all()))
         raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {valid}")
-    optim = values.pop("optim", None)
+    optim, model = values.pop("optim", None), values.pop("model", None)
     cfg = from_dict(RunConfig, values)
     return dataclasses.replace(
         cfg,
         protocol=protocols.parse_config(proto),
+        model=architectures.parse_config(model, recorded=recorded),
         optim=optimizers.parse_config(optim, recorded=recorded),
     )
 
@@ -76,7 +76,7 @@ def build(cfg: RunConfig, ds: ImageDataset, device: torch.device) -> nn.Module:
     """The shared model, seeded identically on every rank."""
     torch.manual_seed(cfg.seed)
     shape = tuple(ds.train_x.shape[1:])
-    model = build_model(cfg.model, ds.in_channels, ds.num_classes, shape).to(device)
+    model = cfg.model.build(ds.in_channels, ds.num_classes, shape).to(device)
     if cfg.train.channels_last and model_is_conv(model):
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model

@@ -31,8 +31,9 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
-from suite import launchers, optimizers
+from suite import architectures, launchers, optimizers
 from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
+from suite.plugins import Registry
 from suite.problem import parse_run_config
 from suite.record import atomic_write_text
 
@@ -44,7 +45,7 @@ BAD = ("failed", "stopped", "busy", "unknown")
 
 
 def register() -> None:
-    """Every registered protocol's and optimizer's config in the ConfigStore, the
+    """Every registered protocol's, model's and optimizer's config in the ConfigStore, the
     presets' resolvers and the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
     launchers.store()
@@ -52,8 +53,11 @@ def register() -> None:
     # defaults are written (no yaml copy to drift from them).
     store.store(group="train", name="default", node=_plain(dataclasses.asdict(TrainConfig())))
     store.store(group="launcher", name="local", node=_plain(dataclasses.asdict(LaunchConfig())))
-    for name, optimizer in sorted(optimizers.load_all().items()):
-        store.store(group="optim", name=name, node=_plain(dataclasses.asdict(optimizer())))
+    registries: list[Registry[Any]] = [architectures.REGISTRY, optimizers.REGISTRY]
+    for registry in registries:
+        for name, component in sorted(registry.load_all().items()):
+            node = _plain(dataclasses.asdict(component()))
+            store.store(group=registry.key, name=name, node=node)
     # Unique sweep dirs. Cached like Hydra's ${now:}: the launcher's value travels in the
     # pickled config to SLURM tasks, which must all write to the launcher's sweep dir.
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)

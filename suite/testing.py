@@ -45,7 +45,8 @@ import torch
 
 import protocols
 from protocols.base import RoundsConfig
-from suite.config import ConfigError, ModelConfig, RunConfig
+from suite.architectures import MLPConfig
+from suite.config import ConfigError, RunConfig
 from suite.dist import Comm
 from suite.problem import check, load_problem, parse_run_config
 from suite.record import RunDir
@@ -122,7 +123,7 @@ def check_refusals_are_one_line(name: str) -> None:
     for model in ("preact_resnet", "mlp"):
         cfg = kit_config("single", 1)
         if model == "mlp":
-            cfg = dataclasses.replace(cfg, model=ModelConfig(name="mlp", hidden=48))
+            cfg = dataclasses.replace(cfg, model=MLPConfig(hidden=48))
         info = load_problem(cfg, CPU).info
         for workers in range(1, 9):
             reason = cls.supports(cls.Config(), info, workers)

@@ -11,12 +11,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import protocols
+from suite import architectures, optimizers
+from suite.architectures import PreActResNetConfig
 from suite.config import (
     ConfigError,
     DataConfig,
     LaunchConfig,
     LoggerConfig,
-    ModelConfig,
     RunConfig,
     TrainConfig,
 )
@@ -54,7 +55,7 @@ def test_every_protocol_is_a_choice_of_the_protocol_group_without_a_yaml():
 
 @pytest.mark.parametrize("protocol", shipped_protocols())
 @pytest.mark.parametrize("data", _options("data"))
-@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("model", ["mlp", "preact_resnet"])
 def test_every_config_composes_into_typed_dataclasses(protocol, data, model):
     cfg = _compose([f"protocol={protocol}", f"data={data}", f"model={model}"])
     assert isinstance(cfg, RunConfig)
@@ -71,11 +72,12 @@ def test_embedded_default():
 
 def test_the_composed_default_is_every_dataclass_default():
     """No yaml copy of a default can drift from its schema: the embedded default composes
-    to each section's dataclass defaults (train and launcher are stored from them), and
-    every model family and logger to its dataclass with only the name chosen."""
+    to each section's dataclass defaults (train, launcher, every model and optimizer are
+    stored from them), every model and optimizer to its own class's defaults, and every
+    logger to its dataclass with only the name chosen."""
     cfg = _compose([])
     assert cfg.train == TrainConfig() and cfg.launcher == LaunchConfig()
-    assert (cfg.model, cfg.data, cfg.optim) == (ModelConfig(), DataConfig(), SGD())
+    assert (cfg.model, cfg.data, cfg.optim) == (PreActResNetConfig(), DataConfig(), SGD())
     assert cfg.logger == LoggerConfig() and cfg.protocol == protocols.get("ddp").Config()
     plain = RunConfig()
     assert (cfg.workers, cfg.seed, cfg.results_dir, cfg.force) == (
@@ -84,10 +86,13 @@ def test_the_composed_default_is_every_dataclass_default():
         plain.results_dir,
         plain.force,
     )
-    for group, schema in (("model", ModelConfig), ("logger", LoggerConfig)):
-        for option in _options(group):
-            assert getattr(_compose([f"{group}={option}"]), group) == schema(name=option)
-    assert not (CONF / "launcher").exists() and "\ntrain:" not in (CONF / "config.yaml").read_text()
+    for group, registry in (("model", architectures.REGISTRY), ("optim", optimizers.REGISTRY)):
+        for name, component in registry.load_all().items():
+            assert getattr(_compose([f"{group}={name}"]), group) == component()
+    for option in _options("logger"):
+        assert _compose([f"logger={option}"]).logger == LoggerConfig(name=option)
+    assert not any((CONF / stored).exists() for stored in ("launcher", "model", "optim"))
+    assert "\ntrain:" not in (CONF / "config.yaml").read_text()
 
 
 def test_overrides_reach_the_protocol_config():

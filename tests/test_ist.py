@@ -9,7 +9,8 @@ from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 
 import protocols
 from protocols.ist import IST, partition_neurons
-from suite.config import DataConfig, ModelConfig
+from suite.architectures import MLPConfig
+from suite.config import DataConfig
 from suite.data import load_dataset
 from suite.data.audio import SPEECH_WORDS, speech_split
 from suite.dist import Comm
@@ -338,5 +339,5 @@ def test_mlp_models():
 
 def test_mlp_config_runs_under_every_full_model_protocol():
     for name in ("ddp", "localsgd", "single"):
-        cfg = dataclasses.replace(mlp_config(name, 1), model=ModelConfig(name="mlp", hidden=32))
+        cfg = dataclasses.replace(mlp_config(name, 1), model=MLPConfig(hidden=32))
         assert train(cfg, Comm(0, 1, CPU), CPU).summary["steps"] > 0

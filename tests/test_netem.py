@@ -17,7 +17,8 @@ import torch.distributed as dist
 from helpers import tiny_config
 
 from suite import netem
-from suite.config import ConfigError, ModelConfig
+from suite.architectures import MLPConfig
+from suite.config import ConfigError
 from suite.launch import execute, validate
 from suite.spawn import run_ranks
 
@@ -154,7 +155,7 @@ def test_a_run_on_an_emulated_cluster_completes_and_cleans_up(tmp_path):
         "localsgd",
         2,
         results_dir=str(tmp_path),
-        model=ModelConfig(name="mlp", hidden=64),
+        model=MLPConfig(hidden=64),
         train={"data_epochs": 0.25, "eval_every": 1.0, "checkpoint": False},
         launcher={"link": "1gbit"},
     )

@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import problem, set_up, shipped_protocols, tiny_config
+from helpers import problem, set_up, shipped_protocols
 
 import protocols
+from suite.architectures import MLPConfig, PreActResNetConfig
 from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
 from suite.dist import Comm
@@ -31,16 +32,16 @@ def test_class_contract(name):
         cfg.name = "x"
 
 
-#: The shared models, as model config overrides; each protocol is tested on the first
+#: The shared models, as model configs; each protocol is tested on the first
 #: one it supports (ResIST needs partitionable blocks, IST an MLP).
-MODELS = [{"depth": 34}, {"name": "mlp", "hidden": 32, "layers": 3}]
+MODELS = [PreActResNetConfig(depth=34, width=1 / 16), MLPConfig(hidden=32, layers=3)]
 
 
 def _model_config_for(name):
     cfg = protocols.parse_config({"name": name})
     for overrides in MODELS:
         model = build_model(
-            dataclasses.replace(tiny_config().model, **overrides),
+            overrides,
             in_channels=1,
             num_classes=10,
             input_shape=(1, 8, 8),

@@ -4,7 +4,8 @@ import pytest
 
 import protocols
 from protocols.resist import PAPER_MIN_DEPTH
-from suite.config import DataConfig, LaunchConfig, ModelConfig, RunConfig, TrainConfig
+from suite.architectures import PreActResNetConfig
+from suite.config import DataConfig, LaunchConfig, RunConfig, TrainConfig
 from suite.launch import execute
 from suite.report.__main__ import main as report_main
 from suite.report.comm import comm_per_round, paper_model
@@ -49,7 +50,7 @@ def test_a_real_run_of_the_papers_model_records_the_table_bytes(tmp_path, worker
         cfg = RunConfig(
             protocol=protocols.parse_config(values),
             workers=workers,
-            model=ModelConfig(depth=101, width=1.0, bn="batch"),
+            model=PreActResNetConfig(depth=101, width=1.0, bn="batch"),
             data=DataConfig(
                 name="synthetic",
                 num_train=64,

@@ -41,8 +41,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import protocols
 from protocols.base import float_state
+from suite.architectures import MLPConfig, PreActResNetConfig
 from suite.bench import write_record
-from suite.config import LaunchConfig, ModelConfig, RunConfig, TrainConfig
+from suite.config import LaunchConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
 from suite.dist import Comm, flatten, unflatten_into
@@ -145,7 +146,7 @@ BARE_NAMES = {
 def _config(protocol: str, workers: int, steps: int, results: str) -> RunConfig:
     name = protocol if workers > 1 else "single"
     family = protocols.get(name).selects.get("model", "preact_resnet")
-    model = ModelConfig(name="mlp") if family == "mlp" else ModelConfig()
+    model = MLPConfig() if family == "mlp" else PreActResNetConfig()
     base = RunConfig(protocol=protocols.parse_config({"name": name}), model=model)
     epochs = steps * base.data.batch_size * workers / load_dataset(base.data).num_train
     return dataclasses.replace(

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from suite.architectures import label_fields
 from suite.report.load import NOT_GROUPING, config_columns
 
 #: Config families whose keys belong to the chosen name (a protocol's knobs, a model
@@ -99,10 +100,6 @@ def _family_label(row: pd.Series, family: str) -> str:
     return str(row["model"] if family == "model" else row[family])
 
 
-#: Model fields the model tag (``preact_resnet101x0.125``, ``mlp2x1024``) already names.
-IN_MODEL_TAG = ("model.name", "model.depth", "model.width", "model.layers", "model.hidden")
-
-
 def _family_keys(columns: list[str], family: str) -> list[str]:
     return [c for c in columns if c.startswith(f"{family}.") and c != f"{family}.name"]
 
@@ -117,7 +114,8 @@ def settings(firsts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     families = {f: _family_keys(columns, f) for f in FAMILIES}
     in_family = {c for keys in families.values() for c in keys}
     in_family |= {"protocol.name", "model.name", "optim.name"}
-    families["model"] = [c for c in families["model"] if c not in IN_MODEL_TAG]
+    in_label = label_fields()  # what the model's label (preact_resnet101x0.125) names
+    families["model"] = [c for c in families["model"] if c not in in_label]
     for family, keys in families.items():
         labels = firsts.apply(lambda r, f=family: _family_label(r, f), axis=1)
         extra = pd.Series("", index=firsts.index)

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from suite.architectures import label_of
 from suite.config import flatten_config, semantic_config
 
 #: Short columns of every run (besides the dotted config columns).
@@ -64,10 +65,9 @@ TOP_LEVEL = ("workers", "seed", "device", "link", "backend")
 
 
 def model_tag(model: dict[str, Any]) -> str:
-    """A short readable model name: ``preact_resnet101x0.125``, ``mlp2x1024``."""
-    if model.get("name") == "mlp":
-        return f"mlp{model.get('layers')}x{model.get('hidden')}"
-    return f"{model.get('name')}{model.get('depth')}x{model.get('width'):g}"
+    """A short readable model name, the model's own label: ``preact_resnet101x0.125``,
+    ``mlp2x1024`` (``suite.architectures``)."""
+    return label_of(model)
 
 
 def group_id(config: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
-"""Optimizers as components: registered by subclassing, found through the entry-point
-group ``commbench.optimizers`` from a package outside the suite, swept beside the
-built-ins, and a broken plugin isolated and named."""
+"""Models and optimizers as components: registered by subclassing, found through the
+entry-point groups ``commbench.models`` and ``commbench.optimizers`` from a package
+outside the suite, swept beside the built-ins, and a broken plugin isolated and named."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import protocols
 from suite import optimizers
@@ -24,7 +25,25 @@ from dataclasses import dataclass
 
 import torch
 
+from suite.architectures import Model
 from suite.optimizers import Optimizer
+
+
+@dataclass(frozen=True)
+class SmallCNN(Model):
+    """One convolution, pooled: a user's own model."""
+
+    name: str = "smallcnn_plugin"
+    channels: int = 8
+
+    def build(self, in_channels, num_classes, input_shape):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, self.channels, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(self.channels, num_classes),
+        )
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,7 @@ def _install_plugin(root: Path) -> dict[str, str]:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-optimizers\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[commbench.optimizers]\nrmsprop_plugin = my_optimizers\nbroken_one = no_such_module\n"
+        "[commbench.models]\nsmallcnn_plugin = my_optimizers\n"
     )
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path}
@@ -113,11 +133,13 @@ def test_each_optimizer_names_its_bad_numbers(cfg, message):
     assert any(re.search(message, p) for p in cfg.problems()), cfg.problems()
 
 
-def test_a_plugin_optimizer_sweeps_beside_the_built_ins_and_a_broken_one_is_named(tmp_path):
+def test_a_plugin_model_and_optimizer_sweep_beside_the_built_ins_and_a_broken_one_is_named(
+    tmp_path,
+):
     env = _install_plugin(tmp_path / "site")
     results = tmp_path / "results"
-    tiny = ["model.depth=18", "model.width=0.0625", "train.data_epochs=0.5"]
-    cmd = [sys.executable, "-m", "suite.run", "-m", "optim=sgd,rmsprop_plugin", *tiny]
+    cmd = [sys.executable, "-m", "suite.run", "-m", "optim=sgd,rmsprop_plugin"]
+    cmd += ["model=mlp,smallcnn_plugin", "train.data_epochs=0.5"]
     proc = subprocess.run(
         [*cmd, "optim.lr=0.01", f"results_dir={results}"],
         env=env,
@@ -129,16 +151,19 @@ def test_a_plugin_optimizer_sweeps_beside_the_built_ins_and_a_broken_one_is_name
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert out.count("the optimizer plugin 'broken_one' failed to load") == 1, out
-    runs = sorted(results.glob("digits-*"))
-    assert len(runs) == 2
+    runs = sorted(p.name for p in results.glob("digits-*"))
+    assert len(runs) == 4 and sum(n.startswith("digits-smallcnn_plugin-ddp-") for n in runs) == 2
     configs = {}
     for run in runs:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads((results / run / "summary.json").read_text())
         assert summary["status"] == "completed", summary
-        cfg = (run / "config.yaml").read_text()
-        configs["rmsprop_plugin" if "rmsprop_plugin" in cfg else "sgd"] = cfg
-    assert "alpha: 0.9" in configs["rmsprop_plugin"] and "lr: 0.01" in configs["rmsprop_plugin"]
-    assert "momentum: 0.9" in configs["sgd"] and "alpha" not in configs["sgd"]
+        cfg = yaml.safe_load((results / run / "config.yaml").read_text())
+        configs[cfg["model"]["name"], cfg["optim"]["name"]] = cfg
+    plugin = configs["smallcnn_plugin", "rmsprop_plugin"]
+    assert plugin["model"] == {"name": "smallcnn_plugin", "channels": 8}
+    assert plugin["optim"]["alpha"] == 0.9 and plugin["optim"]["lr"] == 0.01
+    assert "alpha" not in configs["mlp", "sgd"]["optim"]
+    assert configs["mlp", "sgd"]["optim"]["momentum"] == 0.9
     # A broken plugin, chosen, is refused by name before any process starts.
     proc = subprocess.run(
         [sys.executable, "-m", "suite.run", "optim=broken_one", f"results_dir={results}"],
@@ -153,5 +178,6 @@ def test_a_plugin_optimizer_sweeps_beside_the_built_ins_and_a_broken_one_is_name
     listing = subprocess.run(
         [sys.executable, "-m", "suite.list"], env=env, capture_output=True, text=True, check=True
     ).stdout
-    assert "rmsprop_plugin" in listing and "from my-optimizers: lr=0.002" in listing
+    assert "from my-optimizers: lr=0.002" in listing
+    assert "smallcnn_plugin from my-optimizers: channels=8" in listing
     assert "optim=broken_one: ModuleNotFoundError" in listing
