@@ -70,7 +70,7 @@ def component_lines(registry: Registry[Any], plugins: Mapping[str, str]) -> list
     the package it comes from."""
     lines = []
     for name, cls in sorted(registry.load_all().items()):
-        config = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "name"}
+        config = {k: v for k, v in dataclasses.asdict(cls()).items() if k != "name"}
         source = distribution_of(cls.__module__, plugins)
         lines.append(f"  {name:<14} from {source}: {knobs(config)}")
     return lines

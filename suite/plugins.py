@@ -50,7 +50,29 @@ class Registry(Generic[C]):
         self._loaded = False
 
     def add(self, cls: type[C]) -> None:
-        self.classes[cls.name] = cls  # type: ignore[attr-defined]
+        """Register ``cls`` under its ``name``; a name another class holds is refused
+        (a plugin must not silently replace a built-in: its runs would take the
+        built-in's folder names). Checked when first used: that it is a frozen dataclass
+        whose ``name`` field defaults to that name."""
+        name = cls.name  # type: ignore[attr-defined]
+        other = self.classes.get(name)
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if other is not None and f"{other.__module__}.{other.__qualname__}" != where:
+            raise TypeError(
+                f"{self.kind} name {name!r} is taken by {other.__module__}."
+                f"{other.__qualname__}; {where} needs another name"
+            )
+        self.classes[name] = cls
+
+    def _check(self) -> None:
+        for name, cls in self.classes.items():
+            params = getattr(cls, "__dataclass_params__", None)
+            fields = {f.name: f.default for f in dataclasses.fields(cls)} if params else {}  # type: ignore[arg-type]
+            if params is None or not params.frozen or fields.get("name") != name:
+                raise TypeError(
+                    f"{self.kind} {cls.__module__}.{cls.__qualname__} must be a "
+                    f"@dataclass(frozen=True) whose field name defaults to {name!r}"
+                )
 
     def load_all(self) -> dict[str, type[C]]:
         """Every registered class, installed plugins loaded (once)."""
@@ -70,6 +92,7 @@ class Registry(Generic[C]):
                         f"the {self.kind} plugin {entry.name!r} failed to load and is left "
                         f"out: {self._broken[entry.name]}",
                     )
+        self._check()
         return self.classes
 
     def broken(self) -> dict[str, str]:

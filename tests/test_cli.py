@@ -103,7 +103,7 @@ def test_bad_input_is_refused_with_the_valid_choices(tmp_path, args, message):
         (
             ["optim.lrr=0.1"],
             "error: optim.lrr is not a key of the config; valid keys in optim: name, lr, "
-            "momentum, weight_decay, nesterov, schedule, milestones, gamma; did you mean optim.lr?",
+            "weight_decay, schedule, milestones, gamma, momentum, nesterov; did you mean optim.lr?",
         ),
         (
             ["protocol.local_steps=5"],

@@ -181,3 +181,23 @@ def test_a_plugin_model_and_optimizer_sweep_beside_the_built_ins_and_a_broken_on
     assert "from my-optimizers: lr=0.002" in listing
     assert "smallcnn_plugin from my-optimizers: channels=8" in listing
     assert "optim=broken_one: ModuleNotFoundError" in listing
+
+
+def test_a_taken_name_or_a_class_that_is_no_frozen_dataclass_is_refused():
+    """A plugin must not silently replace a built-in (its runs would take the built-in's
+    folder names), nor register a class whose knobs are not fields."""
+    with pytest.raises(TypeError, match=r"optimizer name 'sgd' is taken by suite.optimizers.SGD"):
+
+        @dataclass(frozen=True)
+        class Impostor(Optimizer):
+            name: str = "sgd"
+
+    class NotADataclass(Optimizer):
+        name = "not_a_dataclass_test"
+
+    try:
+        with pytest.raises(TypeError, match=r"NotADataclass must be a @dataclass\(frozen=True\)"):
+            optimizers.load_all()
+    finally:
+        del optimizers.REGISTRY.classes["not_a_dataclass_test"]
+    assert "sgd" in optimizers.load_all()
