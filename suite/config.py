@@ -1,9 +1,9 @@
 """Typed configuration: Hydra's ``DictConfig`` stops at ``suite.run``; code below it sees these.
 
-Each component gets only its own part (``DataConfig`` for the data, ...). The knobs of
-the protocol, the model and the optimizer are parsed by the chosen one's own frozen
-config class, looked up in its registry by name (``protocols``, ``suite.architectures``,
-``suite.optimizers``).
+Each component gets only its own part (``TrainConfig`` for the budget, ...). The knobs
+of the protocol, the data set, the model and the optimizer are parsed by the chosen
+one's own frozen config class, looked up in its registry by name (``protocols``,
+``suite.datasources``, ``suite.architectures``, ``suite.optimizers``).
 """
 
 from __future__ import annotations
@@ -17,31 +17,14 @@ from typing import Any, Literal
 
 from suite.architectures import REGISTRY as models_registry
 from suite.architectures import Model, PreActResNetConfig
+from suite.datasources import LOCATION_FIELDS, Dataset, Digits
+from suite.datasources import REGISTRY as data_registry
 from suite.optimizers import REGISTRY as optimizers_registry
 from suite.optimizers import SGD, Optimizer
+from suite.plugins import Registry
 from suite.schema import Checked as Checked
 from suite.schema import ConfigError as ConfigError
 from suite.schema import from_dict as from_dict
-
-
-@dataclass(frozen=True)
-class DataConfig(Checked):
-    """The data set, its sharding across workers and batch sizes (per worker)."""
-
-    name: str = "digits"
-    root: str | None = None
-    download: bool = False
-    sharding: Literal["disjoint", "full"] = "disjoint"  # DistributedSampler, or every worker all
-    batch_size: int = 32
-    eval_batch_size: int = 100
-    augment: bool = True
-    downsample: int = 1  # average pixels in k x k squares first (28x28 -> 14x14 at 2)
-    # Only for name=synthetic (random tensors, for throughput work):
-    num_train: int = 2048
-    num_test: int = 512
-    image_size: int = 32
-    channels: int = 3
-    num_classes: int = 10
 
 
 @dataclass(frozen=True)
@@ -98,7 +81,7 @@ class RunConfig:
     workers: int = 2
     seed: int = 0
     model: Model = field(default_factory=PreActResNetConfig)  # suite.architectures
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Dataset = field(default_factory=Digits)  # suite.datasources
     optim: Optimizer = field(default_factory=SGD)  # the chosen one's config (suite.optimizers)
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LaunchConfig = field(default_factory=LaunchConfig)
@@ -131,10 +114,6 @@ class RunConfig:
         )
 
 
-#: Data-set fields that only ``data.name=synthetic`` reads.
-SYNTHETIC_ONLY = ("num_train", "num_test", "image_size", "channels", "num_classes")
-
-
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     """Everything in a run's config (``RunConfig.to_dict()``, or a run folder's
     ``config.yaml``) that can change its result: the run folder's hash and the report's
@@ -155,17 +134,15 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("checkpoint", "checkpoint_every"):
         train.pop(key, None)
     data = d.get("data", {})
-    for key in ("root", "download"):
+    for key in LOCATION_FIELDS:
         data.pop(key, None)
-    if data.get("name") != "synthetic":
-        for key in SYNTHETIC_ONLY:
-            data.pop(key, None)
     if data.get("downsample", 1) == 1:  # added later: runs before it keep their names
         data.pop("downsample", None)
-    # A run folder written before models and optimizers were components holds every
-    # family's knobs: only the chosen one's count (all of them for one not installed).
-    for section, registry in (("model", models_registry), ("optim", optimizers_registry)):
-        part = d.get(section, {})
+    # A run folder written before data sets, models and optimizers were components holds
+    # every one's knobs: only the chosen one's count (all of them for one not installed).
+    registries: list[Registry[Any]] = [data_registry, models_registry, optimizers_registry]
+    for registry in registries:
+        part = d.get(registry.key, {})
         known = registry.fields_of(part.get("name", registry.default))
         for key in set(part) - (known or set(part)):
             part.pop(key)

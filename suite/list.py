@@ -1,8 +1,8 @@
 """``python -m suite.list``: what is installed and how to choose it on the command line.
 
-Protocols, models and optimizers (shipped and from plugins: name, the package it comes
-from, its knobs with their defaults), data sets (their config-group defaults), and
-every installed plugin that failed to load, with its error. Exits 0 either way.
+Protocols, data sets, models and optimizers (shipped and from plugins: name, the package
+it comes from, its knobs with their defaults), and every installed plugin that failed
+to load, with its error. Exits 0 either way.
 """
 
 from __future__ import annotations
@@ -10,32 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 import protocols
-from suite import architectures, optimizers
-from suite.data import DATASETS
+from suite import architectures, datasources, optimizers
 from suite.plugins import Registry
-
-CONF = Path(__file__).parent / "conf"
 
 
 def knobs(values: Mapping[str, Any]) -> str:
     """``a=1 b=x`` (or ``(no knobs)``)."""
     return " ".join(f"{k}={v}" for k, v in values.items()) or "(no knobs)"
-
-
-def group_defaults(group: str) -> dict[str, dict[str, Any]]:
-    """Each option of a config group (``suite/conf/<group>/*.yaml``): its values but the name."""
-    out = {}
-    for path in sorted((CONF / group).glob("*.yaml")):
-        values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        assert isinstance(values, dict)
-        out[path.stem] = {str(k): v for k, v in values.items() if k != "name"}
-    return out
 
 
 def distribution_of(module: str, plugins: Mapping[str, str]) -> str:
@@ -81,19 +65,16 @@ def report() -> str:
     protocols.load_shipped()
     failed = protocols.load_plugins()  # a broken plugin is listed, not raised
     plugins = {}
-    groups = [protocols.ENTRY_POINT_GROUP, architectures.ENTRY_POINT_GROUP]
+    groups = [protocols.ENTRY_POINT_GROUP, datasources.ENTRY_POINT_GROUP]
+    groups.append(architectures.ENTRY_POINT_GROUP)
     for group in [*groups, optimizers.ENTRY_POINT_GROUP]:
         for entry in metadata.entry_points(group=group):
             dist = getattr(entry, "dist", None)
             if dist is not None:
                 plugins[entry.value.split(":")[0].split(".")[0]] = dist.metadata["Name"]
-    data = group_defaults("data")
     lines = section("protocols (protocol=<name>, protocol.<knob>=...)", protocol_lines(plugins))
-    lines += section(
-        "data sets (data=<name>, data.<knob>=...)",
-        (f"  {n:<14} {knobs(data.get(n, {}))}" for n in DATASETS),
-    )
     for registry, title in (
+        (datasources.REGISTRY, "data sets"),
         (architectures.REGISTRY, "models"),
         (optimizers.REGISTRY, "optimizers"),
     ):
@@ -102,10 +83,11 @@ def report() -> str:
         lines += section(f"{title} ({key}=<name>, {key}.<knob>=...)", rows)
     lines += section(
         f"broken plugins (entry points of {protocols.ENTRY_POINT_GROUP}, "
-        f"{architectures.ENTRY_POINT_GROUP} and {optimizers.ENTRY_POINT_GROUP} that failed "
-        "to load)",
+        f"{datasources.ENTRY_POINT_GROUP}, {architectures.ENTRY_POINT_GROUP} and "
+        f"{optimizers.ENTRY_POINT_GROUP} that failed to load)",
         [
             *(f"  {e.name} ({e.value}): {type(err).__name__}: {err}" for e, err in failed),
+            *(f"  data={name}: {why}" for name, why in datasources.REGISTRY.broken().items()),
             *(f"  model={name}: {why}" for name, why in architectures.REGISTRY.broken().items()),
             *(f"  optim={name}: {why}" for name, why in optimizers.broken().items()),
         ],

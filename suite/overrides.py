@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import protocols
-from suite import architectures, optimizers
+from suite import architectures, datasources, optimizers
 from suite.config import ConfigError
 
 CONF = Path(__file__).parent / "conf"
@@ -89,7 +89,7 @@ def _check_options(loader: ConfigLoaderImpl, override: Override) -> None:
     for value in _values(override):
         if group == "protocol" and value in protocols.broken():
             raise ConfigError(protocols.broken()[value])
-        for registry in (architectures.REGISTRY, optimizers.REGISTRY):
+        for registry in (datasources.REGISTRY, architectures.REGISTRY, optimizers.REGISTRY):
             if group == registry.key and value in registry.broken():
                 registry.get(value)  # raises, naming the plugin and its error
         if value not in options:

@@ -20,7 +20,7 @@ from torch import nn
 
 import protocols
 from protocols.base import ProblemInfo, Protocol
-from suite import architectures, optimizers
+from suite import architectures, datasources, optimizers
 from suite.config import ConfigError, RunConfig, from_dict
 from suite.data import ImageDataset, load_dataset
 
@@ -39,7 +39,8 @@ class Problem:
 
 def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfig:
     """A resolved config dict (Hydra's, minus ``hydra``) → :class:`RunConfig`, the
-    protocol's, model's and optimizer's knobs each parsed by its own config class.
+    protocol's, data set's, model's and optimizer's knobs each parsed by its own config
+    class.
     ``recorded``: the dict is a run folder's ``config.yaml`` (``optimizers.parse_config``
     reads the knobs of older records leniently)."""
     values = dict(values)
@@ -49,10 +50,12 @@ def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfi
         valid = ", ".join(sorted(protocols.load_all()))
         raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {valid}")
     optim, model = values.pop("optim", None), values.pop("model", None)
+    data = values.pop("data", None)
     cfg = from_dict(RunConfig, values)
     return dataclasses.replace(
         cfg,
         protocol=protocols.parse_config(proto),
+        data=datasources.REGISTRY.parse(data, recorded=recorded),
         model=architectures.parse_config(model, recorded=recorded),
         optim=optimizers.parse_config(optim, recorded=recorded),
     )

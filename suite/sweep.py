@@ -31,7 +31,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import protocols
-from suite import architectures, launchers, optimizers
+from suite import architectures, datasources, launchers, optimizers
 from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
 from suite.plugins import Registry
 from suite.problem import parse_run_config
@@ -45,7 +45,8 @@ BAD = ("failed", "stopped", "busy", "unknown")
 
 
 def register() -> None:
-    """Every registered protocol's, model's and optimizer's config in the ConfigStore, the
+    """Every registered protocol's, data set's, model's and optimizer's config in the
+    ConfigStore, the
     presets' resolvers and the checked local launcher (idempotent)."""
     store = ConfigStore.instance()
     launchers.store()
@@ -53,7 +54,11 @@ def register() -> None:
     # defaults are written (no yaml copy to drift from them).
     store.store(group="train", name="default", node=_plain(dataclasses.asdict(TrainConfig())))
     store.store(group="launcher", name="local", node=_plain(dataclasses.asdict(LaunchConfig())))
-    registries: list[Registry[Any]] = [architectures.REGISTRY, optimizers.REGISTRY]
+    registries: list[Registry[Any]] = [
+        datasources.REGISTRY,
+        architectures.REGISTRY,
+        optimizers.REGISTRY,
+    ]
     for registry in registries:
         for name, component in sorted(registry.load_all().items()):
             node = _plain(dataclasses.asdict(component()))

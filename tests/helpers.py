@@ -9,7 +9,8 @@ from typing import Any
 import protocols
 from protocols.base import ProblemInfo
 from suite.architectures import PreActResNetConfig
-from suite.config import DataConfig, LaunchConfig, RunConfig, TrainConfig
+from suite.config import LaunchConfig, RunConfig, TrainConfig
+from suite.datasources import data_config
 from suite.spawn import run_ranks
 
 __all__ = ["problem", "run_ranks", "set_up", "shipped_protocols", "tiny_config"]
@@ -22,7 +23,7 @@ def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> Ru
         protocol=protocols.parse_config({"name": protocol, **proto_kw}),
         workers=workers,
         model=PreActResNetConfig(depth=18, width=1 / 16),
-        data=DataConfig(batch_size=16),
+        data=data_config(batch_size=16),
         train=TrainConfig(data_epochs=0.5, eval_every=0.25),
         launcher=LaunchConfig(device="cpu", threads=1, progress=False, timeout_s=120),
     )

@@ -6,8 +6,8 @@ from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 
 import protocols
 from protocols.auxnet import AuxNet, balanced_cuts
-from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
+from suite.datasources import data_config
 from suite.dist import Comm
 from suite.launch import execute
 from suite.models.resnet import preact_resnet
@@ -49,7 +49,7 @@ def _cuts_and_gradients(rank, comm):
     mine = {id(p) for p in proto.module.parameters()}
     aux = {id(p) for p in proto.aux.parameters()} if proto.aux is not None else set()
     owned = [{id(p) for p in m.parameters()} for m in proto.modules_]
-    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    batches = TrainBatches(load_dataset(data_config()), 0, 1, 16, "disjoint", 0, CPU)
     xb, yb = next(batches)
     work = proto.begin_round(0)
     work.optimizer.zero_grad()
@@ -85,7 +85,7 @@ def test_cuts_cover_the_network_and_gradients_stay_local(tmp_path, workers):
 
 def _gap_after(rank, comm, growth, steps):
     _, proto = _setup(rank, comm, penalty=1.0, penalty_growth=growth)
-    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    batches = TrainBatches(load_dataset(data_config()), 0, 1, 16, "disjoint", 0, CPU)
     gaps = []
     for r in range(steps):
         work = proto.begin_round(r)
@@ -184,7 +184,7 @@ def _lagrangian_steps(rank, comm, steps):
         return real(z, grad, h_prev, lam_prev, rho, step)
 
     aux.z_target = spy
-    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    batches = TrainBatches(load_dataset(data_config()), 0, 1, 16, "disjoint", 0, CPU)
     lams, gaps, first_bytes = [], [], None
     for r in range(steps):
         work = proto.begin_round(r)

@@ -1,6 +1,7 @@
-"""Models and optimizers as components: registered by subclassing, found through the
-entry-point groups ``commbench.models`` and ``commbench.optimizers`` from a package
-outside the suite, swept beside the built-ins, and a broken plugin isolated and named."""
+"""Data sets, models and optimizers as components: registered by subclassing, found
+through the entry-point groups ``commbench.datasets``, ``commbench.models`` and
+``commbench.optimizers`` from a package outside the suite, swept beside the built-ins,
+and a broken plugin isolated and named."""
 
 from __future__ import annotations
 
@@ -26,7 +27,31 @@ from dataclasses import dataclass
 import torch
 
 from suite.architectures import Model
+from suite.datasources import Dataset
 from suite.optimizers import Optimizer
+
+
+@dataclass(frozen=True)
+class Stripes(Dataset):
+    """Horizontal (class 0) or vertical (class 1) stripes: a user's own data set."""
+
+    name: str = "stripes_plugin"
+    size: int = 8
+
+    def load(self):
+        from suite.data import ImageDataset
+
+        gen = torch.Generator().manual_seed(0)
+
+        def split(n):
+            y = torch.randint(0, 2, (n,), generator=gen)
+            x = torch.zeros(n, 1, self.size, self.size, dtype=torch.uint8)
+            x[y == 0, :, ::2, :] = 255
+            x[y == 1, :, :, ::2] = 255
+            return x, y
+
+        (a, b), (c, d) = split(256), split(64)
+        return ImageDataset(self.name, a, b, c, d, 2, 255.0, (0.5,), (0.5,), 0, False)
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,7 @@ def _install_plugin(root: Path) -> dict[str, str]:
     (info / "entry_points.txt").write_text(
         "[commbench.optimizers]\nrmsprop_plugin = my_optimizers\nbroken_one = no_such_module\n"
         "[commbench.models]\nsmallcnn_plugin = my_optimizers\n"
+        "[commbench.datasets]\nstripes_plugin = my_optimizers\n"
     )
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path}
@@ -133,7 +159,7 @@ def test_each_optimizer_names_its_bad_numbers(cfg, message):
     assert any(re.search(message, p) for p in cfg.problems()), cfg.problems()
 
 
-def test_a_plugin_model_and_optimizer_sweep_beside_the_built_ins_and_a_broken_one_is_named(
+def test_plugin_components_run_beside_the_built_ins_and_a_broken_one_is_named(
     tmp_path,
 ):
     env = _install_plugin(tmp_path / "site")
@@ -164,6 +190,20 @@ def test_a_plugin_model_and_optimizer_sweep_beside_the_built_ins_and_a_broken_on
     assert plugin["optim"]["alpha"] == 0.9 and plugin["optim"]["lr"] == 0.01
     assert "alpha" not in configs["mlp", "sgd"]["optim"]
     assert configs["mlp", "sgd"]["optim"]["momentum"] == 0.9
+    # The plugin's data set, with its own knob, trains the plugin's model.
+    own = ["data=stripes_plugin", "data.size=16", "model=smallcnn_plugin"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "suite.run", *own, "train.data_epochs=2", f"results_dir={results}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = results.glob("stripes_plugin-smallcnn_plugin-ddp-w2-s0-*")
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["size"] == 16
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     # A broken plugin, chosen, is refused by name before any process starts.
     proc = subprocess.run(
         [sys.executable, "-m", "suite.run", "optim=broken_one", f"results_dir={results}"],
@@ -180,6 +220,7 @@ def test_a_plugin_model_and_optimizer_sweep_beside_the_built_ins_and_a_broken_on
     ).stdout
     assert "from my-optimizers: lr=0.002" in listing
     assert "smallcnn_plugin from my-optimizers: channels=8" in listing
+    assert "stripes_plugin from my-optimizers:" in listing and "size=8" in listing
     assert "optim=broken_one: ModuleNotFoundError" in listing
 
 

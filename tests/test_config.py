@@ -11,16 +11,16 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import protocols
-from suite import architectures, optimizers
+from suite import architectures, datasources, optimizers
 from suite.architectures import PreActResNetConfig
 from suite.config import (
     ConfigError,
-    DataConfig,
     LaunchConfig,
     LoggerConfig,
     RunConfig,
     TrainConfig,
 )
+from suite.datasources import Digits
 from suite.optimizers import SGD
 from suite.problem import parse_run_config
 from suite.sweep import register
@@ -54,8 +54,8 @@ def test_every_protocol_is_a_choice_of_the_protocol_group_without_a_yaml():
 
 
 @pytest.mark.parametrize("protocol", shipped_protocols())
-@pytest.mark.parametrize("data", _options("data"))
-@pytest.mark.parametrize("model", ["mlp", "preact_resnet"])
+@pytest.mark.parametrize("data", sorted(datasources.REGISTRY.load_all()))
+@pytest.mark.parametrize("model", sorted(architectures.REGISTRY.load_all()))
 def test_every_config_composes_into_typed_dataclasses(protocol, data, model):
     cfg = _compose([f"protocol={protocol}", f"data={data}", f"model={model}"])
     assert isinstance(cfg, RunConfig)
@@ -72,12 +72,12 @@ def test_embedded_default():
 
 def test_the_composed_default_is_every_dataclass_default():
     """No yaml copy of a default can drift from its schema: the embedded default composes
-    to each section's dataclass defaults (train, launcher, every model and optimizer are
-    stored from them), every model and optimizer to its own class's defaults, and every
-    logger to its dataclass with only the name chosen."""
+    to each section's dataclass defaults (train, launcher, every data set, model and
+    optimizer are stored from them), every data set, model and optimizer to its own
+    class's defaults, and every logger to its dataclass with only the name chosen."""
     cfg = _compose([])
     assert cfg.train == TrainConfig() and cfg.launcher == LaunchConfig()
-    assert (cfg.model, cfg.data, cfg.optim) == (PreActResNetConfig(), DataConfig(), SGD())
+    assert (cfg.model, cfg.data, cfg.optim) == (PreActResNetConfig(), Digits(), SGD())
     assert cfg.logger == LoggerConfig() and cfg.protocol == protocols.get("ddp").Config()
     plain = RunConfig()
     assert (cfg.workers, cfg.seed, cfg.results_dir, cfg.force) == (
@@ -86,12 +86,12 @@ def test_the_composed_default_is_every_dataclass_default():
         plain.results_dir,
         plain.force,
     )
-    for group, registry in (("model", architectures.REGISTRY), ("optim", optimizers.REGISTRY)):
+    for registry in (datasources.REGISTRY, architectures.REGISTRY, optimizers.REGISTRY):
         for name, component in registry.load_all().items():
-            assert getattr(_compose([f"{group}={name}"]), group) == component()
+            assert getattr(_compose([f"{registry.key}={name}"]), registry.key) == component()
     for option in _options("logger"):
         assert _compose([f"logger={option}"]).logger == LoggerConfig(name=option)
-    assert not any((CONF / stored).exists() for stored in ("launcher", "model", "optim"))
+    assert not any((CONF / stored).exists() for stored in ("launcher", "data", "model", "optim"))
     assert "\ntrain:" not in (CONF / "config.yaml").read_text()
 
 

@@ -5,19 +5,20 @@ import pytest
 import scipy.io
 import torch
 
-from suite.config import ConfigError, DataConfig
+from suite.config import ConfigError
 from suite.data import TrainBatches, augment, eval_batches, load_dataset
 from suite.data.datasets import torchvision_datasets
+from suite.datasources import data_config
 
 CPU = torch.device("cpu")
 
 
 def test_digits_is_real_and_split_fixed():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     assert ds.train_x.shape == (1437, 1, 8, 8) and ds.test_x.shape == (360, 1, 8, 8)
     assert ds.num_classes == 10 and not ds.synthetic
     assert int(ds.train_x.max()) == 16  # the UCI digits are 0..16 intensities
-    again = load_dataset(DataConfig())
+    again = load_dataset(data_config())
     assert torch.equal(ds.test_y, again.test_y)
     assert set(ds.train_y.tolist()) == set(range(10))
 
@@ -61,7 +62,7 @@ def no_md5(monkeypatch):
 @pytest.mark.parametrize(("name", "classes"), [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_reads_the_official_pickle_format(tmp_path, no_md5, name, classes):
     parts, (test_data, test_labels) = _write_cifar(tmp_path, name, 50, 7, classes)
-    ds = load_dataset(DataConfig(name=name, root=str(tmp_path)))
+    ds = load_dataset(data_config(name=name, root=str(tmp_path)))
     assert ds.train_x.shape == (50, 3, 32, 32) and ds.train_x.dtype == torch.uint8
     assert ds.test_x.shape == (7, 3, 32, 32) and ds.num_classes == classes
     # Row-major 3072 = 3 planes of 32x32: pixel (c, h, w) sits at c*1024 + h*32 + w.
@@ -78,7 +79,7 @@ def test_svhn_reads_the_official_mat_format(tmp_path, no_md5):
         scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
         if split == "test":
             expect_x, expect_y = x, y
-    ds = load_dataset(DataConfig(name="svhn", root=str(tmp_path)))
+    ds = load_dataset(data_config(name="svhn", root=str(tmp_path)))
     assert ds.train_x.shape == (12, 3, 32, 32) and ds.test_x.shape == (5, 3, 32, 32)
     assert int(ds.test_x[3, 2, 5, 6]) == int(expect_x[5, 6, 2, 3])
     assert ds.test_y.tolist() == [int(v) % 10 for v in expect_y[:, 0]]
@@ -87,9 +88,9 @@ def test_svhn_reads_the_official_mat_format(tmp_path, no_md5):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
 def test_missing_data_set_is_a_clear_error(tmp_path, name):
     with pytest.raises(ConfigError, match=rf"{name} not found or corrupted under"):
-        load_dataset(DataConfig(name=name, root=str(tmp_path / "nowhere")))
+        load_dataset(data_config(name=name, root=str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match=r"set data\.root"):
-        load_dataset(DataConfig(name=name))
+        load_dataset(data_config(name=name))
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path, no_md5):
@@ -106,7 +107,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path, no_md5):
     ]:
         (folder / f).write_bytes(b"not a pickle")
     with pytest.raises(ConfigError, match="cifar10 not found or corrupted"):
-        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+        load_dataset(data_config(name="cifar10", root=str(tmp_path)))
 
 
 def test_a_truncated_cifar_file_is_named(tmp_path, no_md5):
@@ -114,21 +115,22 @@ def test_a_truncated_cifar_file_is_named(tmp_path, no_md5):
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:1000])  # a download cut short
     with pytest.raises(ConfigError) as err:
-        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+        load_dataset(data_config(name="cifar10", root=str(tmp_path)))
     assert f"{batch} is truncated or not a CIFAR pickle (UnpicklingError" in str(err.value)
 
 
 def test_unknown_data_set_names_valid_choices():
     with pytest.raises(
         ConfigError,
-        match="digits, cifar10, cifar100, svhn, mnist, fashion_mnist, speech, synthetic",
+        match=r"unknown data set 'imagenet'; valid: cifar10, cifar100, digits, fashion_mnist, "
+        r"mnist, speech, svhn, synthetic",
     ):
-        load_dataset(DataConfig(name="imagenet"))
+        data_config(name="imagenet")
 
 
 def test_synthetic_any_shape():
     ds = load_dataset(
-        DataConfig(
+        data_config(
             name="synthetic", num_train=64, num_test=8, image_size=16, channels=5, num_classes=3
         )
     )
@@ -142,7 +144,7 @@ def _epoch_indices(ds, rank, world, sharding, seed=0, batch=8):
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_disjoint_sharding_partitions_each_epoch(world):
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     shards = [_epoch_indices(ds, r, world, "disjoint")[0] for r in range(world)]
     n = ds.num_train
     pad = (-n) % world
@@ -153,14 +155,14 @@ def test_disjoint_sharding_partitions_each_epoch(world):
 
 
 def test_full_sharding_gives_every_worker_its_own_pass_over_everything():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     a, _ = _epoch_indices(ds, 0, 4, "full")
     b, _ = _epoch_indices(ds, 1, 4, "full")
     assert sorted(a) == sorted(b) == list(range(ds.num_train)) and a != b
 
 
 def test_batches_are_deterministic_for_a_seed_and_differ_across_seeds():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     first = next(next(TrainBatches(ds, 1, 2, 16, "disjoint", 3, CPU)) for _ in range(1))
     again = next(TrainBatches(ds, 1, 2, 16, "disjoint", 3, CPU))
     other = next(TrainBatches(ds, 1, 2, 16, "disjoint", 4, CPU))
@@ -169,7 +171,7 @@ def test_batches_are_deterministic_for_a_seed_and_differ_across_seeds():
 
 
 def test_epochs_roll_over_and_state_resumes_exactly():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     stream = TrainBatches(ds, 0, 2, 100, "disjoint", 0, CPU)
     per_epoch = stream.batches_per_epoch()
     assert per_epoch == 719 // 100
@@ -201,7 +203,7 @@ def test_augment_crops_within_padding_and_flips_exactly():
 
 
 def test_eval_batches_cover_the_test_set_in_order():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(data_config())
     batches = eval_batches(ds, 100, CPU)
     assert [len(y) for _, y in batches] == [100, 100, 100, 60]
     assert torch.equal(torch.cat([y for _, y in batches]), ds.test_y)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from suite.config import ConfigError, DataConfig
+from suite.config import ConfigError
 from suite.data import datasets, load_dataset
 from suite.data.loader import AUG_STREAM, FULL_ORDER_STREAM, TrainBatches
+from suite.datasources import data_config
 from suite.seeding import seeded_generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def fashion_files(root: Path, n_train: int = 64, n_test: int = 16) -> np.ndarray
 
 def test_reads_the_idx_files_under_its_own_name(tmp_path):
     images = fashion_files(tmp_path)
-    ds = load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path)))
+    ds = load_dataset(data_config(name="fashion_mnist", root=str(tmp_path)))
     assert ds.name == "fashion_mnist" and ds.num_classes == 10
     assert ds.train_x.shape == (64, 1, 28, 28) and ds.test_x.shape == (16, 1, 28, 28)
     assert torch.equal(ds.test_x[5, 0], torch.from_numpy(images[69]).to(torch.uint8))
@@ -54,13 +55,13 @@ def test_reads_the_idx_files_under_its_own_name(tmp_path):
 def test_default_root_is_debians_and_missing_files_name_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "FASHION_MNIST_ROOT", str(tmp_path / "absent"))
     with pytest.raises(ConfigError) as err:
-        load_dataset(DataConfig(name="fashion_mnist"))
+        load_dataset(data_config(name="fashion_mnist"))
     text = str(err.value)
     assert "\n" not in text
     assert "apt-get install dataset-fashion-mnist" in text and "data.root=" in text
     fashion_files(tmp_path)
     monkeypatch.setattr(datasets, "FASHION_MNIST_ROOT", str(tmp_path))
-    assert load_dataset(DataConfig(name="fashion_mnist")).num_train == 64
+    assert load_dataset(data_config(name="fashion_mnist")).num_train == 64
 
 
 def test_a_truncated_file_is_named(tmp_path):
@@ -69,18 +70,18 @@ def test_a_truncated_file_is_named(tmp_path):
     data = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(data[:-100]))
     with pytest.raises(ConfigError, match=r"t10k-images-idx3-ubyte\.gz"):
-        load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path)))
+        load_dataset(data_config(name="fashion_mnist", root=str(tmp_path)))
 
 
 def test_downsample_averages_pixel_squares(tmp_path):
     images = fashion_files(tmp_path)
-    ds = load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path), downsample=2))
+    ds = load_dataset(data_config(name="fashion_mnist", root=str(tmp_path), downsample=2))
     assert ds.train_x.shape == (64, 1, 14, 14) and ds.train_x.dtype == torch.uint8
     square = images[0, 2:4, 6:8].astype(np.float64)  # output pixel (1, 3)
     assert int(ds.train_x[0, 0, 1, 3]) == int(np.round(square.mean()))
     assert ds.crop_padding == 1
     with pytest.raises(ConfigError, match="does not divide"):
-        load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path), downsample=3))
+        load_dataset(data_config(name="fashion_mnist", root=str(tmp_path), downsample=3))
 
 
 def test_downsample_at_one_keeps_every_run_name():
@@ -106,7 +107,7 @@ def test_augmentation_and_epoch_orders_draw_separate_streams():
             assert aug not in full | disjoint
     # And the loader uses them: under sharding=full, epoch 7's order is not drawn from
     # the augmentation's stream.
-    ds = load_dataset(DataConfig(name="digits"))
+    ds = load_dataset(data_config(name="digits"))
     b = TrainBatches(ds, 0, 2, 32, "full", 0, torch.device("cpu"))
     b.epoch = 7
     same_stream = torch.randperm(ds.num_train, generator=seeded_generator(0, 0, AUG_STREAM))

@@ -10,9 +10,9 @@ from helpers import problem, run_ranks, set_up, tiny_config, train_rank
 import protocols
 from protocols.ist import IST, partition_neurons
 from suite.architectures import MLPConfig
-from suite.config import DataConfig
 from suite.data import load_dataset
 from suite.data.audio import SPEECH_WORDS, speech_split
+from suite.datasources import data_config
 from suite.dist import Comm
 from suite.launch import execute
 from suite.models.mlp import MLP
@@ -287,13 +287,13 @@ def test_mnist_idx_format(tmp_path):
     for prefix, n in (("train", 20), ("t10k", 6)):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[:n])
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
-    ds = load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    ds = load_dataset(data_config(name="mnist", root=str(tmp_path)))
     assert ds.train_x.shape == (20, 1, 28, 28) and ds.test_x.shape == (6, 1, 28, 28)
     assert torch.equal(ds.train_x[3, 0], torch.from_numpy(images[3]).to(torch.uint8))
     assert ds.test_y.tolist() == labels[:6].tolist()
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
     with pytest.raises(Exception, match="mnist not found or corrupted"):
-        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+        load_dataset(data_config(name="mnist", root=str(tmp_path)))
 
 
 def test_speech_commands_from_wav_files(tmp_path):
@@ -310,7 +310,7 @@ def test_speech_commands_from_wav_files(tmp_path):
             noise = rng.normal(0, 0.05, length)
             wavfile.write(tmp_path / word / name, 16000, ((tone + noise) * 8000).astype(np.int16))
             names.append((name, w))
-    ds = load_dataset(DataConfig(name="speech", root=str(tmp_path)))
+    ds = load_dataset(data_config(name="speech", root=str(tmp_path)))
     order = sorted(names, key=lambda t: (SPEECH_WORDS[t[1]], t[0]))
     expected_test = [w for n, w in order if speech_split(n) == "test"]
     assert ds.train_x.shape[1:] == (1, 128, 32) and ds.num_classes == 35
@@ -319,7 +319,7 @@ def test_speech_commands_from_wav_files(tmp_path):
     assert float(ds.train_x.max()) == 0.0 and float(ds.train_x.min()) >= -80.0  # dB re max
     cache = list((tmp_path / ".commbench-cache").glob("speech-*.pt"))
     assert len(cache) == 1
-    again = load_dataset(DataConfig(name="speech", root=str(tmp_path)))  # from the cache
+    again = load_dataset(data_config(name="speech", root=str(tmp_path)))  # from the cache
     assert torch.equal(again.train_x, ds.train_x)
     # The same speaker is always on the same side of the split.
     assert speech_split("abc_nohash_0.wav") == speech_split("abc_nohash_7.wav")

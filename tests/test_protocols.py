@@ -8,8 +8,8 @@ from helpers import problem, set_up, shipped_protocols
 
 import protocols
 from suite.architectures import MLPConfig, PreActResNetConfig
-from suite.config import DataConfig
 from suite.data import TrainBatches, load_dataset
+from suite.datasources import data_config
 from suite.dist import Comm
 from suite.models import build_model
 from suite.models.resnet import preact_resnet
@@ -58,7 +58,7 @@ def test_one_round_and_state_round_trip(name):
     _, model = _model_config_for(name)
     proto = protocols.build(cfg)
     set_up(proto, model, Comm(0, 1, CPU))
-    batches = TrainBatches(load_dataset(DataConfig()), 0, 1, 16, "disjoint", 0, CPU)
+    batches = TrainBatches(load_dataset(data_config()), 0, 1, 16, "disjoint", 0, CPU)
     before = [p.detach().clone() for p in proto.eval_model().parameters()]
     work = proto.begin_round(0)
     for _ in range(proto.local_steps):

@@ -5,7 +5,8 @@ import pytest
 import protocols
 from protocols.resist import PAPER_MIN_DEPTH
 from suite.architectures import PreActResNetConfig
-from suite.config import DataConfig, LaunchConfig, RunConfig, TrainConfig
+from suite.config import LaunchConfig, RunConfig, TrainConfig
+from suite.datasources import data_config
 from suite.launch import execute
 from suite.report.__main__ import main as report_main
 from suite.report.comm import comm_per_round, paper_model
@@ -51,7 +52,7 @@ def test_a_real_run_of_the_papers_model_records_the_table_bytes(tmp_path, worker
             protocol=protocols.parse_config(values),
             workers=workers,
             model=PreActResNetConfig(depth=101, width=1.0, bn="batch"),
-            data=DataConfig(
+            data=data_config(
                 name="synthetic",
                 num_train=64,
                 num_test=4,

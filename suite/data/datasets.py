@@ -35,8 +35,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from suite.config import ConfigError, DataConfig
+from suite.config import ConfigError
 from suite.data.audio import SPEECH_WORDS, find_idx, read_idx, speech_features
+from suite.datasources import Dataset, Synthetic
 
 
 @dataclass
@@ -69,16 +70,6 @@ class ImageDataset:
         return int(self.train_x.shape[0])
 
 
-DATASETS = (
-    "digits",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "mnist",
-    "fashion_mnist",
-    "speech",
-    "synthetic",
-)
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 #: Mean and std of the Fashion-MNIST training pixels scaled to [0, 1] (all 60,000 images).
@@ -88,21 +79,10 @@ CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
-def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Load the configured data set, or raise :class:`ConfigError` saying what is missing."""
-    loaders = {
-        "digits": _digits,
-        "cifar10": _cifar,
-        "cifar100": _cifar,
-        "svhn": _svhn,
-        "mnist": _mnist,
-        "fashion_mnist": _fashion_mnist,
-        "speech": _speech,
-        "synthetic": _synthetic,
-    }
-    if cfg.name not in loaders:
-        raise ConfigError(f"unknown data set {cfg.name!r}; valid: {', '.join(DATASETS)}")
-    ds = loaders[cfg.name](cfg)
+def load_dataset(cfg: Dataset) -> ImageDataset:
+    """Load the configured data set (``Dataset.load``), downsampled if asked, or raise
+    :class:`ConfigError` saying what is missing."""
+    ds = cfg.load()
     return downsampled(ds, cfg.downsample) if cfg.downsample > 1 else ds
 
 
@@ -126,7 +106,7 @@ def downsampled(ds: ImageDataset, factor: int) -> ImageDataset:
     )
 
 
-def _digits(cfg: DataConfig) -> ImageDataset:
+def read_digits() -> ImageDataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -152,7 +132,7 @@ def _digits(cfg: DataConfig) -> ImageDataset:
     )
 
 
-def _root(cfg: DataConfig) -> Path:
+def _root(cfg: Dataset) -> Path:
     if cfg.root is None:
         raise ConfigError(
             f"data set {cfg.name!r} is read from disk: set data.root=/path/to/folder "
@@ -173,7 +153,7 @@ CIFAR_FILES = {
 }
 
 
-def _cifar(cfg: DataConfig) -> ImageDataset:
+def read_cifar(cfg: Dataset) -> ImageDataset:
     """CIFAR-10/100 read straight from the official pickles (no checksum: a file that is
     missing, truncated or not in the format fails with the reason). ``data.download``
     fetches the archive with torchvision first, which verifies its checksum."""
@@ -217,7 +197,7 @@ def _cifar_split(files: list[Path], key: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(images), torch.cat(labels)
 
 
-def _svhn(cfg: DataConfig) -> ImageDataset:
+def read_svhn(cfg: Dataset) -> ImageDataset:
     tv = torchvision_datasets()
     root = _root(cfg)
     try:
@@ -265,7 +245,7 @@ def _read_idx_set(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return trx.unsqueeze(1), tr_y.long(), tex.unsqueeze(1), te_y.long()
 
 
-def _mnist(cfg: DataConfig) -> ImageDataset:
+def read_mnist(cfg: Dataset) -> ImageDataset:
     root = _root(cfg)
     try:
         trx, tr_y, tex, te_y = _read_idx_set(root)
@@ -291,7 +271,7 @@ def _mnist(cfg: DataConfig) -> ImageDataset:
     )
 
 
-def _fashion_mnist(cfg: DataConfig) -> ImageDataset:
+def read_fashion_mnist(cfg: Dataset) -> ImageDataset:
     """Fashion-MNIST from its IDX files (see the module docstring)."""
     root = Path(cfg.root or FASHION_MNIST_ROOT).expanduser()
     if not any(root.glob("train-images-idx3-ubyte*")) and cfg.root is None:
@@ -318,7 +298,7 @@ def _fashion_mnist(cfg: DataConfig) -> ImageDataset:
     return ImageDataset("fashion_mnist", trx, tr_y, tex, te_y, 10, 255.0, mean, std, 2, True)
 
 
-def _speech(cfg: DataConfig) -> ImageDataset:
+def read_speech(cfg: Dataset) -> ImageDataset:
     root = _root(cfg)
     try:
         f = speech_features(root)
@@ -343,7 +323,7 @@ def _speech(cfg: DataConfig) -> ImageDataset:
     )
 
 
-def _synthetic(cfg: DataConfig) -> ImageDataset:
+def make_synthetic(cfg: Synthetic) -> ImageDataset:
     gen = torch.Generator().manual_seed(1234)
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
 
