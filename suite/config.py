@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,6 +113,18 @@ class RunConfig:
             f"{self.data.name}-{self.model.tag}-{self.protocol_name}"
             f"-w{self.workers}-s{self.seed}-{digest}"
         )
+
+
+def with_part(cfg: RunConfig, key: str, changes: Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with its section ``key`` changed. For the data set, the model and the
+    optimizer a ``name`` other than the chosen one's switches to that component (its
+    defaults, then ``changes``), as ``data=``, ``model=`` or ``optim=`` does."""
+    current = getattr(cfg, key)
+    registries: list[Registry[Any]] = [data_registry, models_registry, optimizers_registry]
+    registry = {r.key: r for r in registries}.get(key)
+    if registry is not None and changes.get("name", current.name) != current.name:
+        return dataclasses.replace(cfg, **{key: registry.parse(dict(changes))})
+    return dataclasses.replace(cfg, **{key: dataclasses.replace(current, **changes)})
 
 
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:

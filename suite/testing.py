@@ -46,7 +46,7 @@ import torch
 import protocols
 from protocols.base import RoundsConfig
 from suite.architectures import MLPConfig
-from suite.config import ConfigError, RunConfig
+from suite.config import ConfigError, RunConfig, with_part
 from suite.dist import Comm
 from suite.problem import check, load_problem, parse_run_config
 from suite.record import RunDir
@@ -100,12 +100,15 @@ def kit_config(name: str, workers: int = 2, **overrides: Any) -> RunConfig:
     for model in sorted(SHARED_MODELS, key=lambda m: m[0] != f"model={own}"):
         values = compose((f"protocol={name}", f"workers={workers}", *model, *SMALL))
         values["protocol"].update(knobs)
+        if model_kw.get("name", values["model"]["name"]) != values["model"]["name"]:
+            values["model"] = {}  # another model: its own knobs only
         values["model"].update(model_kw)
         cfg = parse_run_config(values)
         for key, value in overrides.items():
             if isinstance(value, Mapping):
-                value = dataclasses.replace(getattr(cfg, key), **value)
-            cfg = dataclasses.replace(cfg, **{key: value})
+                cfg = with_part(cfg, key, value)
+            else:
+                cfg = dataclasses.replace(cfg, **{key: value})
         try:
             check(cfg)
         except ConfigError as err:

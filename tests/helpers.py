@@ -9,7 +9,7 @@ from typing import Any
 import protocols
 from protocols.base import ProblemInfo
 from suite.architectures import PreActResNetConfig
-from suite.config import LaunchConfig, RunConfig, TrainConfig
+from suite.config import LaunchConfig, RunConfig, TrainConfig, with_part
 from suite.datasources import data_config
 from suite.spawn import run_ranks
 
@@ -29,8 +29,9 @@ def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> Ru
     )
     for key, value in overrides.items():
         if isinstance(value, dict):
-            value = dataclasses.replace(getattr(cfg, key), **value)
-        cfg = dataclasses.replace(cfg, **{key: value})
+            cfg = with_part(cfg, key, value)  # a section: a component's name switches it
+        else:
+            cfg = dataclasses.replace(cfg, **{key: value})
     return cfg
 
 

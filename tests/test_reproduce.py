@@ -33,11 +33,12 @@ PRESETS = [
     "ddp_speech_3layer",
 ]
 #: The shrink, applied to the runs and to the test's copy of the paper rows alike: width
-#: (the ResNet's channels, the MLP's neurons: each model has only its own knob) and
+#: (the ResNet's channels, the MLP's neurons: each model has only its own knob; ``++``
+#: because a multirun first composes without the swept preset, whose model has it) and
 #: budget. Data size is the size of the files below.
 SHRINK = {
-    "cifar": "model.width=0.0625 train.data_epochs=2",
-    "speech": "model.hidden=64 train.data_epochs=2",
+    "cifar": "++model.width=0.0625 train.data_epochs=2",
+    "speech": "++model.hidden=64 train.data_epochs=2",
 }
 
 
