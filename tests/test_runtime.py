@@ -112,7 +112,14 @@ LONG += TINY[4:]
 
 
 def _start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    """``python -m suite.run`` in its own session (as ``timeout`` or a login shell starts it)."""
+    """``python -m suite.run`` in its own session (as ``timeout`` or a login shell starts
+    it), with the signals at their defaults: a test run under ``nohup`` must not pass its
+    ignored SIGHUP on (the launcher rightly keeps an ignored signal ignored)."""
+
+    def defaults() -> None:
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+
     return subprocess.Popen(
         [sys.executable, "-m", "suite.run", *args, f"results_dir={tmp_path}"],
         cwd=tmp_path,
@@ -120,6 +127,7 @@ def _start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=defaults,
     )
 
 
@@ -137,10 +145,7 @@ def test_sigterm_and_sighup_checkpoint_record_and_exit_128_plus_signum(tmp_path,
     """``timeout`` signals the launcher's whole process group; a closed SSH session hangs
     up the launcher. Either way: a message, a checkpoint, a summary naming the signal,
     exit status 128 + signum; the same command then resumes and completes."""
-    # The hang-up case is not resumed: a budget long enough that a loaded machine still
-    # signals it mid-run (3 data-epochs take 3 s here, and once ended before the signal).
-    args = LONG if sig == signal.SIGTERM else [*LONG[:2], "train.data_epochs=30", *LONG[3:]]
-    proc = _start_cli(tmp_path, *args)
+    proc = _start_cli(tmp_path, *LONG)
     _wait_for_rows(tmp_path, proc)
     (os.killpg if group else os.kill)(proc.pid, sig)
     out, _ = proc.communicate(timeout=300)
