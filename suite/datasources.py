@@ -165,7 +165,9 @@ class Synthetic(Dataset):
     def load(self) -> ImageDataset:
         from suite.data.datasets import make_synthetic
 
-        return make_synthetic(self)
+        return make_synthetic(
+            self.num_train, self.num_test, self.image_size, self.channels, self.num_classes
+        )
 
 
 def data_config(name: str = "digits", **knobs: Any) -> Dataset:

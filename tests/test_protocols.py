@@ -11,7 +11,6 @@ from suite.architectures import MLPConfig, PreActResNetConfig
 from suite.data import TrainBatches, load_dataset
 from suite.datasources import data_config
 from suite.dist import Comm
-from suite.models import build_model
 from suite.models.resnet import preact_resnet
 
 CPU = torch.device("cpu")
@@ -40,8 +39,7 @@ MODELS = [PreActResNetConfig(depth=34, width=1 / 16), MLPConfig(hidden=32, layer
 def _model_config_for(name):
     cfg = protocols.parse_config({"name": name})
     for overrides in MODELS:
-        model = build_model(
-            overrides,
+        model = overrides.build(
             in_channels=1,
             num_classes=10,
             input_shape=(1, 8, 8),

@@ -31,13 +31,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from suite.config import ConfigError
 from suite.data.audio import SPEECH_WORDS, find_idx, read_idx, speech_features
-from suite.datasources import Dataset, Synthetic
+from suite.schema import ConfigError
 
 
 @dataclass
@@ -70,6 +70,21 @@ class ImageDataset:
         return int(self.train_x.shape[0])
 
 
+class Source(Protocol):
+    """What a reader needs of a data set's config (``suite.datasources.Dataset``; the
+    configs import the readers, not the other way)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def root(self) -> str | None: ...
+    @property
+    def download(self) -> bool: ...
+    @property
+    def downsample(self) -> int: ...
+    def load(self) -> ImageDataset: ...
+
+
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 #: Mean and std of the Fashion-MNIST training pixels scaled to [0, 1] (all 60,000 images).
@@ -79,7 +94,7 @@ CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
-def load_dataset(cfg: Dataset) -> ImageDataset:
+def load_dataset(cfg: Source) -> ImageDataset:
     """Load the configured data set (``Dataset.load``), downsampled if asked, or raise
     :class:`ConfigError` saying what is missing."""
     ds = cfg.load()
@@ -132,7 +147,7 @@ def read_digits() -> ImageDataset:
     )
 
 
-def _root(cfg: Dataset) -> Path:
+def _root(cfg: Source) -> Path:
     if cfg.root is None:
         raise ConfigError(
             f"data set {cfg.name!r} is read from disk: set data.root=/path/to/folder "
@@ -153,7 +168,7 @@ CIFAR_FILES = {
 }
 
 
-def read_cifar(cfg: Dataset) -> ImageDataset:
+def read_cifar(cfg: Source) -> ImageDataset:
     """CIFAR-10/100 read straight from the official pickles (no checksum: a file that is
     missing, truncated or not in the format fails with the reason). ``data.download``
     fetches the archive with torchvision first, which verifies its checksum."""
@@ -197,7 +212,7 @@ def _cifar_split(files: list[Path], key: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(images), torch.cat(labels)
 
 
-def read_svhn(cfg: Dataset) -> ImageDataset:
+def read_svhn(cfg: Source) -> ImageDataset:
     tv = torchvision_datasets()
     root = _root(cfg)
     try:
@@ -245,7 +260,7 @@ def _read_idx_set(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return trx.unsqueeze(1), tr_y.long(), tex.unsqueeze(1), te_y.long()
 
 
-def read_mnist(cfg: Dataset) -> ImageDataset:
+def read_mnist(cfg: Source) -> ImageDataset:
     root = _root(cfg)
     try:
         trx, tr_y, tex, te_y = _read_idx_set(root)
@@ -271,7 +286,7 @@ def read_mnist(cfg: Dataset) -> ImageDataset:
     )
 
 
-def read_fashion_mnist(cfg: Dataset) -> ImageDataset:
+def read_fashion_mnist(cfg: Source) -> ImageDataset:
     """Fashion-MNIST from its IDX files (see the module docstring)."""
     root = Path(cfg.root or FASHION_MNIST_ROOT).expanduser()
     if not any(root.glob("train-images-idx3-ubyte*")) and cfg.root is None:
@@ -298,7 +313,7 @@ def read_fashion_mnist(cfg: Dataset) -> ImageDataset:
     return ImageDataset("fashion_mnist", trx, tr_y, tex, te_y, 10, 255.0, mean, std, 2, True)
 
 
-def read_speech(cfg: Dataset) -> ImageDataset:
+def read_speech(cfg: Source) -> ImageDataset:
     root = _root(cfg)
     try:
         f = speech_features(root)
@@ -323,18 +338,20 @@ def read_speech(cfg: Dataset) -> ImageDataset:
     )
 
 
-def make_synthetic(cfg: Synthetic) -> ImageDataset:
+def make_synthetic(
+    num_train: int, num_test: int, image_size: int, channels: int, num_classes: int
+) -> ImageDataset:
     gen = torch.Generator().manual_seed(1234)
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    shape = (channels, image_size, image_size)
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)
-        return x, torch.randint(0, cfg.num_classes, (n,), generator=gen)
+        return x, torch.randint(0, num_classes, (n,), generator=gen)
 
-    (trx, tr_y), (tex, te_y) = split(cfg.num_train), split(cfg.num_test)
-    half = (0.5,) * cfg.channels
+    (trx, tr_y), (tex, te_y) = split(num_train), split(num_test)
+    half = (0.5,) * channels
     return ImageDataset(
-        "synthetic", trx, tr_y, tex, te_y, cfg.num_classes, 255.0, half, half, 4, True, True
+        "synthetic", trx, tr_y, tex, te_y, num_classes, 255.0, half, half, 4, True, True
     )
 
 
