@@ -106,6 +106,7 @@ def test_a_growing_penalty_drives_modules_to_agree(tmp_path):
     assert sum(gaps[-10:]) < 0.5 * sum(gaps[:10])
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.parametrize("workers", [2, 4])
 def test_real_runs_learn(tmp_path, workers):
     cfg = tiny_config(

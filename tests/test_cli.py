@@ -32,6 +32,7 @@ def test_a_run_from_the_command_line(tmp_path):
     assert summary["status"] == "completed" and summary["workers"] == 2
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_multirun_sweeps_protocols_and_workers(tmp_path):
     code, out = run_cli(
         "-m", "protocol=ddp,localsgd", "workers=1,2", *TINY, f"results_dir={tmp_path}", cwd=tmp_path
@@ -56,6 +57,7 @@ def test_multirun_sweeps_protocols_and_workers(tmp_path):
     assert code == 0 and "4 skipped" in out, out
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_submitit_local_launcher(tmp_path):
     code, out = run_cli(
         "-m",
@@ -135,7 +137,16 @@ def test_hydra_level_mistakes_exit_2_in_one_line(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []  # no results folder, no Hydra folder
 
 
-@pytest.mark.parametrize("form", ["'{}'", "++results_dir={}", "-m|results_dir='{}'"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "'{}'",
+        *(
+            pytest.param(f, marks=pytest.mark.slow)
+            for f in ("++results_dir={}", "-m|results_dir='{}'")
+        ),
+    ],
+)
 def test_every_form_of_results_dir_is_checked_and_nothing_lands_elsewhere(tmp_path, form):
     """Quoted and ++ forms of results_dir were not checked (Hydra then failed with a
     traceback) and created stray folders in the working directory."""
@@ -216,6 +227,7 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_broken_plugin_is_reported_once_and_breaks_nothing_else(tmp_path):
     """A package whose commbench.protocols entry point cannot be imported: every other
     protocol still runs, the breakage is said once, and asking for it is refused."""

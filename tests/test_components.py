@@ -159,6 +159,7 @@ def test_each_optimizer_names_its_bad_numbers(cfg, message):
     assert any(re.search(message, p) for p in cfg.problems()), cfg.problems()
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_plugin_components_run_beside_the_built_ins_and_a_broken_one_is_named(
     tmp_path,
 ):

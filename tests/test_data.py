@@ -23,6 +23,30 @@ def test_digits_is_real_and_split_fixed():
     assert set(ds.train_y.tolist()) == set(range(10))
 
 
+def test_digits_are_scikit_learns_without_importing_it():
+    """The reader takes scikit-learn's file directly (its import costs 2.3 s per command
+    line); the images and labels are load_digits' own, in its order, in a fresh process
+    that never imports sklearn."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from suite.data.datasets import read_digits
+
+    bunch = load_digits()
+    ds = read_digits()
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)
+    assert torch.equal(ds.train_x, images[order[:1437]])
+    assert torch.equal(ds.test_x, images[order[1437:]])
+    assert torch.equal(ds.test_y, torch.from_numpy(bunch.target)[order[1437:]])
+    probe = "import sys; from suite.data.datasets import read_digits as r; r(); "
+    probe += "print(sorted(m for m in sys.modules if m.startswith('sklearn')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def _write_cifar(root, name, n_train, n_test, classes):
     rng = np.random.default_rng(0)
     folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")

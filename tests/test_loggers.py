@@ -79,6 +79,7 @@ def wandb_records(path):
     return [pb.Record.FromString(c) for c in chunks]
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_wandb_offline_has_the_config_the_rows_and_a_group_per_sweep(tmp_path):
     pytest.importorskip("wandb")
     folders = run(tmp_path, "-m", "seed=0,1", "logger=wandb")

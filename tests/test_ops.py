@@ -45,6 +45,7 @@ def cli(*args, cwd, env=None, timeout=300, module="suite.run"):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_failed_run_exits_1_a_diverged_one_0_a_refused_one_2(tmp_path):
     env = faulty_plugin(tmp_path / "site")
     results = f"results_dir={tmp_path / 'r'}"
@@ -120,6 +121,7 @@ def _start(args, cwd, env=None):
     )
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_two_sweeps_at_once_do_not_collide(tmp_path):
     """Started together on one machine: ports, Hydra folders and run folders apart."""
     common = [*TINY, f"results_dir={tmp_path}"]
@@ -130,6 +132,7 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
     assert len(list(tmp_path.glob("_hydra/*/sweep_summary.json"))) == 2
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_the_same_run_started_twice_at_once_is_refused_naming_the_first(tmp_path):
     # Long enough (about 30 s) that the first run is still training when the second
     # command, which takes seconds to start, looks: a 3-data-epoch run could end first.
@@ -148,6 +151,7 @@ def test_the_same_run_started_twice_at_once_is_refused_naming_the_first(tmp_path
     assert code == 0 and "[skip]" in out, out
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root")
 def test_a_full_disk_ends_the_run_with_the_reason_and_a_later_run_completes(tmp_path):
     disk = tmp_path / "disk"
@@ -169,6 +173,7 @@ def test_a_full_disk_ends_the_run_with_the_reason_and_a_later_run_completes(tmp_
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_torchrun_runs_one_rank_per_process_as_the_suite_would(tmp_path):
     """Each torchrun process is one rank; rank 0 writes the one run folder; the metrics
     are those of the same run started by the suite (timings aside)."""

@@ -121,6 +121,7 @@ def test_missing_results_folder_is_reported_not_fatal(tmp_path):
     assert len(results.runs) == 7
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_committed_paper_is_what_the_reference_results_generate(tmp_path):
     """paper/ is generated, never edited: its text files equal a fresh regeneration."""
     repo = Path(__file__).parent.parent

@@ -32,6 +32,7 @@ def test_table_follows_the_papers_formulas():
     assert (wide["resist"] < wide["localsgd"]).all()
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_report_writes_the_table(tmp_path):
     report_main(["--out", str(tmp_path)])
     md = (tmp_path / "tables" / "comm_per_round.md").read_text()
@@ -39,7 +40,7 @@ def test_report_writes_the_table(tmp_path):
     assert r"\begin{tabular}" in (tmp_path / "tables" / "comm_per_round.tex").read_text()
 
 
-@pytest.mark.parametrize("workers", [2, 4, pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [2, *(pytest.param(w, marks=pytest.mark.slow) for w in (4, 8))])
 def test_a_real_run_of_the_papers_model_records_the_table_bytes(tmp_path, workers):
     table = comm_per_round((workers,))
     for name in ("localsgd", "resist"):

@@ -22,6 +22,10 @@ from suite.data.audio import SPEECH_WORDS
 from suite.report.load import load_runs
 from suite.report.reported import compare, reported
 
+# Nine real runs of the paper presets on files in the real formats, shared by every test
+# here: the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
+
 PRESETS = [
     "resist_cifar",
     "localsgd_cifar",

@@ -247,6 +247,7 @@ def test_recorded_bytes_equal_the_paper_formula(tmp_path, workers, min_depth):
     assert summary["bytes_moved"] > 0
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.parametrize("workers", [2, 4])
 def test_real_runs_learn_and_stay_close_to_localsgd(tmp_path, workers):
     """The default model and budget on digits (chance: 10 %), same l for both protocols."""

@@ -138,6 +138,7 @@ def _wait_for_rows(tmp_path: Path, proc: subprocess.Popen, rows: int = 1) -> Non
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.parametrize(
     ("sig", "group"), [(signal.SIGTERM, True), (signal.SIGHUP, False)], ids=["term", "hup"]
 )
@@ -165,6 +166,7 @@ def test_sigterm_and_sighup_checkpoint_record_and_exit_128_plus_signum(tmp_path,
         assert f"resuming at step {step}" in run.log_file.read_text()
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
 def test_a_signal_stops_the_whole_sweep_after_the_current_points_record(tmp_path, sig):
     """Ctrl-C (the terminal signals the launcher's process group) or SIGTERM during the
@@ -232,6 +234,7 @@ def test_a_resume_removes_the_partial_files_of_a_cut_off_write(tmp_path, capsys)
     assert (ckpt.folder / f"rank1-step{step}.pt").exists()
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_run_folder_that_turns_read_only_ends_the_run_with_the_workers_reason(tmp_path):
     """The run folder becomes unwritable mid-run (a read-only remount): the launcher ends
     the run in one line with the workers' own reason, no traceback, exit status 1."""
@@ -289,6 +292,7 @@ def _stall_rank1(cfg, resume_after_s: float | None) -> tuple[dict, float]:
     return result, time.monotonic() - stopped
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_stopped_rank_is_named_within_the_warning_time_and_fails_the_run(tmp_path, caplog):
     """SIGSTOP of rank 1: a warning names it after stall_warn_s, and the run ends failed
     after stall_timeout_s (not the 30 min collective timeout), naming it, flagged."""
@@ -306,6 +310,7 @@ def test_a_stopped_rank_is_named_within_the_warning_time_and_fails_the_run(tmp_p
     assert not (Path(summary["run_dir"]) / "heartbeat").exists()
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_run_that_stalled_and_went_on_is_not_a_clean_measurement(tmp_path, caplog):
     cfg = tiny_config("ddp", results_dir=str(tmp_path), train={"data_epochs": 5.0})
     cfg = _launcher(cfg, stall_warn_s=1.5, stall_timeout_s=60.0)

@@ -21,7 +21,7 @@ import pytest
 
 from suite.record import RunDir
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # the slow tier: CI runs it on a real SLURM
 TIMING = {"train_s", "compute_s", "comm_s"}
 # Long enough to be interrupted mid-run, short enough for CI (ResNet-101 x1/8 on digits).
 RUN = ["train.deterministic=true", "train.data_epochs=10", "train.eval_every=0.5"]
