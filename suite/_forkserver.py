@@ -19,8 +19,9 @@ from typing import Any
 #: What the server imports once: this module, then the third-party modules that
 #: dominate a rank's start (measured beside torch: torch._dynamo 3.1 s, which torch
 #: imports when the first optimizer is built). The digits are read without
-#: scikit-learn (``suite.data.datasets.digits_file``). The suite's own modules are imported in each rank, so a rank sees the code
-#: and the plugins installed when it starts. One that is not installed is skipped.
+#: scikit-learn (``suite.data.datasets.digits_file``). The suite's own modules are
+#: imported in each rank, so a rank sees the code and the plugins installed when it
+#: starts. One that is not installed is skipped.
 PRELOAD = [
     "suite._forkserver",
     "torch",

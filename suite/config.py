@@ -43,6 +43,9 @@ class TrainConfig(Checked):
     checkpoint_every: float = 1.0  # data-epochs between checkpoints (and at a stop signal)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under autocast
     channels_last: bool = True  # conv weights and image batches in NHWC (no effect on MLPs)
+    # torch.compile the trained module (a ResNet block by block: suite.compiled); off by
+    # default: on this CPU it is slower (README, Performance)
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
         data.pop(key, None)
     if data.get("downsample", 1) == 1:  # added later: runs before it keep their names
         data.pop("downsample", None)
+    if not train.get("compile", False):  # likewise
+        train.pop("compile", None)
     # A run folder written before data sets, models and optimizers were components holds
     # every one's knobs: only the chosen one's count (all of them for one not installed).
     registries: list[Registry[Any]] = [data_registry, models_registry, optimizers_registry]

@@ -29,6 +29,7 @@ from torch import nn
 
 from protocols.base import OptimizerFactory, Protocol
 from suite.checkpoint import Checkpoints
+from suite.compiled import Compiler
 from suite.config import RunConfig
 from suite.data import TrainBatches, eval_batches
 from suite.dist import Comm
@@ -176,6 +177,7 @@ class Run:
     beat: Callable[[int], None] | None = None  # the rank's heartbeat (local runs)
     started: float = 0.0  # wall clock when this attempt's first step began
     first_step: int = 0  # the step this attempt started from (after a resume)
+    compiler: Compiler | None = None  # train.compile
 
 
 def train(
@@ -280,12 +282,15 @@ def _set_up(
         record,
         checkpoints,
         loss_sum,
+        compiler=Compiler() if cfg.train.compile else None,
     )
 
 
 def _step(run: Run, work: Any, state: LoopState) -> None:
     """One optimizer step of this worker's module, under the global schedule."""
     x, y = next(run.batches)
+    if run.compiler is not None:
+        run.compiler(work.module)
     state.lr = learning_rate(run.cfg.optim, state.step, run.budget.steps)
     for group in work.optimizer.param_groups:
         group["lr"] = state.lr
@@ -501,6 +506,8 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "threads_per_worker": torch.get_num_threads(),  # intra-op threads this attempt used
         "started_unix": run.started,
     }
+    if run.compiler is not None:
+        summary["compiled_graphs"] = run.compiler.graphs()  # this rank's (rank 0's)
     if run.record is not None:
         run.record.write_summary(summary)
         if run.logger is not None:

@@ -68,6 +68,7 @@ def _config(
         overrides += ["model=mlp", f"model.hidden={args.hidden}", "model.layers=2"]
     else:
         overrides.append("model=preact_resnet")
+    overrides += args.set  # e.g. data=synthetic data.batch_size=128 train.compile=true
     return parse_run_config(compose(tuple(overrides)))
 
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=float, default=1e9, help="data-epochs")
     parser.add_argument("--target", type=float, default=0.9, help="test accuracy to time")
     parser.add_argument("--out", default="results/bench/rounds-cpu.json")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides, last"
+    )
     args = parser.parse_args(argv)
     load = os.getloadavg()
     links = [None if link == "none" else link for link in args.links]
@@ -158,9 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.model == "mlp"
         else "preact_resnet101 width 0.125, digits 8x8"
     )
-    out = write_record(
-        "rounds", f"{model}, batch 32 per worker", rows, args.out, argv, load_before=load
-    )
+    work = f"{model}, batch 32 per worker"
+    if args.set:  # what the overrides made of it, as the runs composed it
+        cfg = _config(args.protocols[0], args.workers[0], args, "unused")
+        work = (
+            f"{cfg.model.label()}, {cfg.data.name} {cfg.data}, batch {cfg.data.batch_size} "
+            f"per worker, threads {cfg.launcher.threads}, compile {cfg.train.compile}, "
+            f"overrides {' '.join(args.set)}"
+        )
+    out = write_record("rounds", work, rows, args.out, argv, load_before=load)
     print_table(rows, args.protocols)
     print(f"recorded in {out}")
 
