@@ -216,6 +216,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def code_version() -> dict[str, Any]:
+    """The commit the code is at, and whether tracked files differ from it."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
 def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
     """Provenance of a run: code version, library versions, hardware, world size."""
     sha = _git("rev-parse", "HEAD")

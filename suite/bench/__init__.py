@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from suite.record import cpu_model
+from suite.record import code_version, cpu_model
 
 
 def round_floats(value: Any) -> Any:
@@ -49,6 +49,7 @@ def write_record(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
+        **code_version(),
         "load_avg_1_5_15": {
             **({"before": [round(v, 2) for v in load_before]} if load_before else {}),
             "after": [round(v, 2) for v in os.getloadavg()],
