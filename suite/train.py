@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from protocols.base import OptimizerFactory, Protocol
 from suite.checkpoint import Checkpoints
@@ -202,21 +203,15 @@ def train(
     clock, progress = Clock(device, state.clock), _progress(run, state.step)
     run.started, run.first_step, status = time.time(), state.step, "completed"
     if record is not None:
-        run.logger = open_logger(cfg, record.path, record.read_metrics())
-        what = "resuming at" if state.step else "starting"
-        line = (
-            f"[{cfg.protocol.name} w{cfg.workers} s{cfg.seed}] {what} step {state.step} of "
-            f"{run.budget.steps} (l = {run.protocol.local_steps}, {cfg.train.data_epochs:g} "
-            f"data-epochs, evaluation every {cfg.train.eval_every:g})"
-        )
-        record.log(line)
-        log.info(line)
+        _announce(run, record, state.step)
     clock.start()
     while state.step < run.budget.steps:
-        work = run.protocol.begin_round(state.rnd)
+        with record_function("round.begin"):
+            work = run.protocol.begin_round(state.rnd)
         for _ in range(min(run.protocol.local_steps, run.budget.steps - state.step)):
             _step(run, work, state)
-        run.protocol.end_round(state.rnd, work)
+        with record_function("round.end"):
+            run.protocol.end_round(state.rnd, work)
         state.rnd += 1
         if progress is not None:
             progress.update(state.step - progress.n)
@@ -239,6 +234,20 @@ def train(
     if progress is not None:
         progress.close()
     return _finish(run, state, status)
+
+
+def _announce(run: Run, record: RunDir, step: int) -> None:
+    """Rank 0 opens its metric logger and says where the run starts."""
+    cfg = run.cfg
+    run.logger = open_logger(cfg, record.path, record.read_metrics())
+    what = "resuming at" if step else "starting"
+    line = (
+        f"[{cfg.protocol.name} w{cfg.workers} s{cfg.seed}] {what} step {step} of "
+        f"{run.budget.steps} (l = {run.protocol.local_steps}, {cfg.train.data_epochs:g} "
+        f"data-epochs, evaluation every {cfg.train.eval_every:g})"
+    )
+    record.log(line)
+    log.info(line)
 
 
 def _set_up(
@@ -288,19 +297,26 @@ def _set_up(
 
 def _step(run: Run, work: Any, state: LoopState) -> None:
     """One optimizer step of this worker's module, under the global schedule."""
-    x, y = next(run.batches)
+    with record_function("step.data"):  # the batch, augmented on the device
+        x, y = next(run.batches)
     if run.compiler is not None:
         run.compiler(work.module)
     state.lr = learning_rate(run.cfg.optim, state.step, run.budget.steps)
     for group in work.optimizer.param_groups:
         group["lr"] = state.lr
     bf16 = run.cfg.train.precision == "bf16"
-    with torch.autocast(run.device.type, torch.bfloat16, enabled=bf16):
+    with (
+        record_function("step.forward"),
+        torch.autocast(run.device.type, torch.bfloat16, enabled=bf16),
+    ):
         loss = work.loss(x, y)
-    work.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.protocol.after_backward(work)
-    work.optimizer.step()
+    with record_function("step.backward"):
+        work.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with record_function("step.after_backward"):  # ddp's all-reduce, a compressor's work
+        run.protocol.after_backward(work)
+    with record_function("step.optimizer"):
+        work.optimizer.step()
     run.loss_sum += loss.detach()
     state.loss_count += 1
     state.step += 1
