@@ -101,6 +101,9 @@ class RunConfig:
         """A plain, JSON-able dict (the protocol's name included)."""
         d = dataclasses.asdict(self)
         d["protocol"] = {"name": self.protocol_name, **dataclasses.asdict(self.protocol)}
+        # What the model family says of itself, recorded so that a report read where a
+        # plugin model is not installed still knows (train.channels_last, below).
+        d["model"]["convolutional"] = type(self.model).convolutional
         return d
 
     def semantic_dict(self) -> dict[str, Any]:
@@ -158,6 +161,7 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
         train.pop("compile", None)
     # A run folder written before data sets, models and optimizers were components holds
     # every one's knobs: only the chosen one's count (all of them for one not installed).
+    recorded_conv = d.get("model", {}).pop("convolutional", None)  # not a knob: a fact
     registries: list[Registry[Any]] = [data_registry, models_registry, optimizers_registry]
     for registry in registries:
         part = d.get(registry.key, {})
@@ -165,7 +169,8 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
         for key in set(part) - (known or set(part)):
             part.pop(key)
     model = models_registry.load_all().get(d.get("model", {}).get("name", ""))
-    if model is not None and not model.convolutional:  # nothing to lay out: the same either way
+    convolutional = model.convolutional if model is not None else recorded_conv
+    if convolutional is False:  # nothing to lay out: the same either way
         train.pop("channels_last", None)
     d["device"] = launcher.get("device", "auto")
     if launcher.get("backend", "auto") != "auto":  # a chosen backend changes timings

@@ -50,6 +50,8 @@ def parse_run_config(values: dict[str, Any], recorded: bool = False) -> RunConfi
         valid = ", ".join(sorted(protocols.load_all()))
         raise ConfigError(f"protocol must be chosen, e.g. protocol=ddp; valid: {valid}")
     optim, model = values.pop("optim", None), values.pop("model", None)
+    if isinstance(model, dict) and "convolutional" in model:  # recorded by to_dict: a fact
+        model = {k: v for k, v in model.items() if k != "convolutional"}
     data = values.pop("data", None)
     cfg = from_dict(RunConfig, values)
     return dataclasses.replace(

@@ -1,3 +1,4 @@
+import copy
 import os
 import pickle
 import subprocess
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import shipped_protocols
+from helpers import shipped_protocols, tiny_config
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -216,3 +217,23 @@ def test_the_sweep_dir_is_the_launchers_in_every_process_that_unpickles_its_conf
         [sys.executable, "-c", code], input=pickle.dumps(cfg), capture_output=True, check=True
     )
     assert there.stdout.decode().strip() == here
+
+
+def test_a_model_records_whether_it_is_convolutional_for_readers_without_its_plugin():
+    """config.yaml carries the model family's ``convolutional``: where the family is not
+    installed (a plugin model's runs read elsewhere), train.channels_last still leaves
+    the identity of a model with nothing to lay out, as it does where it is installed."""
+    from suite.config import semantic_config
+    from suite.problem import parse_run_config
+
+    cfg = tiny_config("ddp", model={"name": "mlp"})
+    recorded = cfg.to_dict()
+    assert recorded["model"]["convolutional"] is False
+    assert parse_run_config(recorded) == cfg  # a fact, not a knob: read back as before
+    assert "channels_last" not in semantic_config(recorded)["train"]
+    elsewhere = copy.deepcopy(recorded)
+    elsewhere["model"]["name"] = "mlp_from_a_plugin_not_installed"
+    assert "channels_last" not in semantic_config(elsewhere)["train"]
+    elsewhere["model"]["convolutional"] = True
+    assert "channels_last" in semantic_config(elsewhere)["train"]
+    assert "convolutional" not in semantic_config(elsewhere)["model"]

@@ -240,3 +240,25 @@ def test_moved_aside_attempts_are_history_not_runs(tmp_path):
     earlier = index.split("## Earlier attempts (not in the tables)")[1]
     assert f"{name}.old-20261202-101500 | failed" in earlier
     assert f"{name}.old-20261201-101500 | completed" in earlier
+
+
+def test_protocols_drawn_alike_are_warned_about_by_the_report(tmp_path, monkeypatch, capsys):
+    from suite.report import figures
+
+    own = {"localsgd": ("#de8f05", "s"), "resist": ("#de8f05", "^"), "ddp": ("#0173b2", "s")}
+    monkeypatch.setattr(figures, "style", lambda p: own[p])
+    clashes = figures.style_clashes(["resist", "ddp", "localsgd"])
+    assert clashes == [
+        "protocols ddp and localsgd are drawn with the marker 's': set `style` (colour, "
+        "marker) on one of their classes",
+        "protocols localsgd and resist are drawn with the colour '#de8f05': set `style` "
+        "(colour, marker) on one of their classes",
+    ]
+    assert figures.style_clashes(["ddp", "resist"]) == []
+    for seed in (0, 1):
+        write_run(tmp_path / "r", "localsgd", seed, curve=((1.0, 0.5), (2.0, 0.8)))
+        write_run(tmp_path / "r", "resist", seed, curve=((1.0, 0.6), (2.0, 0.85)))
+    generate([str(tmp_path / "r")], tmp_path / "out", [], "localsgd", 0.7)
+    assert "warning: protocols localsgd and resist are drawn with the colour" in (
+        capsys.readouterr().err
+    )

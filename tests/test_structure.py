@@ -44,6 +44,7 @@ def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
                 for alias in node.names:
                     full = f"{base}.{alias.name}"
                     out.add(full if full in known else base)
+
     visit(tree.body)
     return {m for m in out if m in known and m != name}
 

@@ -156,6 +156,8 @@ def _figures(results: Results, figs: Path) -> list[Path]:
     runs, metrics = results.runs, results.metrics
     written: list[Path] = []
     ctx = context(runs)
+    for clash in figures.style_clashes(sorted(set(runs["protocol"].astype(str)))):
+        print(f"warning: {clash}", file=sys.stderr)
     written += figures.curves(
         metrics, "train_s", "training time (s)", figs, "accuracy_vs_time", context=ctx
     )

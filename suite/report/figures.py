@@ -56,6 +56,26 @@ def style(protocol: str) -> tuple[str, str]:
     return _SPARE_COLOURS[h % len(_SPARE_COLOURS)], _SPARE_MARKERS[(h // 7) % len(_SPARE_MARKERS)]
 
 
+def style_clashes(names: list[str]) -> list[str]:
+    """Pairs of ``names`` drawn alike: the same colour, or the same marker (a reader tells
+    protocols apart by both). One sentence per pair, naming what to set."""
+    out = []
+    names = sorted(set(names))
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = [
+                f"the {what} {x!r}"
+                for what, x, y in zip(("colour", "marker"), style(a), style(b), strict=True)
+                if x == y
+            ]
+            if shared:
+                out.append(
+                    f"protocols {a} and {b} are drawn with {' and '.join(shared)}: "
+                    f"set `style` (colour, marker) on one of their classes"
+                )
+    return out
+
+
 def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     """PNG and PDF without timestamps, so re-running the report changes nothing."""
     out.mkdir(parents=True, exist_ok=True)
