@@ -3,9 +3,13 @@ the training loop.
 
 The launcher asks :func:`check` before any process starts (a missing data set, or a
 setting the protocol refuses, is a one-line ``ConfigError``); every rank of the loop
-calls :func:`load_problem` and :func:`build_protocol`. This is where the protocol
-registry is looked up: ``protocols`` depends on the suite's core (``suite.config``,
-``suite.dist``, ``suite.models``), and only this edge looks back at ``protocols``.
+calls :func:`load_problem` and :func:`build_protocol`. ``protocols`` depends on the
+suite's core (``suite.config``, ``suite.dist``, ``suite.models``, ``suite.data``), which
+never imports it; the modules above the core that need a protocol's class look it up in
+the registry: this one (for the loop and the launcher's checks), and the command line's
+checks and sweeps (``suite.overrides``, ``suite.sweep``), the report, ``suite.list``,
+the contract kit, the cost model and the benchmarks. ``tests/test_structure.py`` holds
+that no import cycle forms.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ the helpers below it, and everything the loop carries from step to step is one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -19,7 +20,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,15 @@ class Clock:
             self.total += time.perf_counter() - self._start
             self._start = None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stopped for the block (evaluation, a checkpoint), running again after it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
 
 @dataclass
 class Run:
@@ -216,15 +226,14 @@ def train(
         if progress is not None:
             progress.update(state.step - progress.n)
         if run.budget.eval_index(state.step) > state.last_eval or state.step == run.budget.steps:
-            clock.stop()
-            if not _evaluate(run, state, clock):
+            with clock.paused():
+                finite = _evaluate(run, state, clock)
+            if not finite:
                 status = "diverged"
                 break
-            clock.start()
         if checkpoints is not None and _checkpoint_due(run, state):
-            clock.stop()
-            _save(run, state, clock)
-            clock.start()
+            with clock.paused():
+                _save(run, state, clock)
         if stop is not None and state.step < run.budget.steps and _agree(comm, stop()):
             clock.stop()
             if checkpoints is not None:
@@ -280,17 +289,17 @@ def _set_up(
     budget = Budget.of(cfg, problem.data.num_train, same)
     loss_sum = torch.zeros((), device=device)
     return Run(
-        cfg,
-        comm,
-        device,
-        problem.model,
-        protocol,
-        batches,
-        test,
-        budget,
-        record,
-        checkpoints,
-        loss_sum,
+        cfg=cfg,
+        comm=comm,
+        device=device,
+        model=problem.model,
+        protocol=protocol,
+        batches=batches,
+        test=test,
+        budget=budget,
+        record=record,
+        checkpoints=checkpoints,
+        loss_sum=loss_sum,
         compiler=Compiler() if cfg.train.compile else None,
     )
 
