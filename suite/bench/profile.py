@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,7 +54,7 @@ def profiled_rank(rank: int, comm: Comm, cfg: RunConfig) -> dict[str, Any]:
 def profile(name: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     """One profiled run of protocol ``name``: its phases per round, in ms."""
     cfg = _config(name, args.workers, args, tmp)
-    out = run_ranks(profiled_rank, args.workers, tmp, cfg, threads=cfg.launcher.threads or 1)
+    out = run_ranks(profiled_rank, args.workers, Path(tmp), cfg, threads=cfg.launcher.threads or 1)
     summary, phases = out[0]["summary"], out[0]["phases"]
     assert summary["status"] == "completed", summary
     rounds = summary["rounds"]

@@ -18,6 +18,7 @@ it, and a speedup where only one side reached the target is a bound (">4.2×").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,7 +235,26 @@ def time_table(runs: pd.DataFrame, baseline: str) -> Table:
         dup = duplicate_seeds(group)
         means[gid] = math.nan if dup else s["mean"]
         rows[gid] = {"train time (s)": dup or fmt_sig(s), "n": str(s["n"])}
-    bases = _baselines(done, baseline)
+
+    def ratio(gid: str, base: str) -> tuple[str, float | None]:
+        if math.isnan(means[gid]) or math.isnan(means[base]):
+            return NA, None
+        value = means[base] / means[gid]
+        return f"{value:.2f}×", value
+
+    speedups = _speedup_cells(rows, _baselines(done, baseline), baseline, ratio)
+    return _with_geomean(_table(done, rows), done, speedups)
+
+
+def _speedup_cells(
+    rows: dict[str, dict[str, object]],
+    bases: dict[str, str | list[str]],
+    baseline: str,
+    ratio: Callable[[str, str], tuple[str, float | None]],
+) -> dict[str, float]:
+    """Each row's speedup cell: the baseline's own row, a row without one like baseline
+    (or with several), else ``ratio(group, its baseline's group)`` (the cell, and the
+    value when it is a plain ratio, not a bound). The plain ratios, for the geo. mean."""
     speedups: dict[str, float] = {}
     for gid, row in rows.items():
         base = bases[gid]
@@ -244,12 +264,11 @@ def time_table(runs: pd.DataFrame, baseline: str) -> Table:
             row["speedup"] = f"{len(base)} {baseline} groups with these settings"
         elif base[0] == gid:
             row["speedup"] = "1.00× (baseline)"
-        elif math.isnan(means[gid]) or math.isnan(means[base[0]]):
-            row["speedup"] = NA
         else:
-            speedups[gid] = means[base[0]] / means[gid]
-            row["speedup"] = f"{speedups[gid]:.2f}×"
-    return _with_geomean(_table(done, rows), done, speedups)
+            row["speedup"], value = ratio(gid, base[0])
+            if value is not None:
+                speedups[gid] = value
+    return speedups
 
 
 def _with_geomean(table: Table, runs: pd.DataFrame, speedups: dict[str, float]) -> Table:
@@ -310,31 +329,20 @@ def time_to_target(
         }
         if dup:
             medians[gid] = (math.nan, math.nan)
-    bases = _baselines(runs, baseline)
-    speedups: dict[str, float] = {}
-    for gid, row in rows.items():
-        base = bases[gid]
-        if isinstance(base, str):
-            row["speedup"] = base
-            continue
-        if len(base) > 1:
-            row["speedup"] = f"{len(base)} {baseline} groups with these settings"
-            continue
-        if base[0] == gid:
-            row["speedup"] = "1.00× (baseline)"
-            continue
-        (mine, mine_floor), (theirs, theirs_floor) = medians[gid], medians[base[0]]
+
+    def ratio(gid: str, base: str) -> tuple[str, float | None]:
+        (mine, mine_floor), (theirs, theirs_floor) = medians[gid], medians[base]
         if math.isnan(mine) or math.isnan(theirs):
-            row["speedup"] = NA
-        elif math.isfinite(mine) and math.isfinite(theirs):
-            speedups[gid] = theirs / mine
-            row["speedup"] = f"{speedups[gid]:.2f}×"
-        elif math.isfinite(mine):  # only this protocol reached it: at least this fast
-            row["speedup"] = f">{theirs_floor / mine:.2f}×" if theirs_floor > 0 else ">1×"
-        elif math.isfinite(theirs):  # only the baseline did: at most this fast
-            row["speedup"] = f"<{theirs / mine_floor:.2f}×" if mine_floor > 0 else NA
-        else:
-            row["speedup"] = "neither reached"
+            return NA, None
+        if math.isfinite(mine) and math.isfinite(theirs):
+            return f"{theirs / mine:.2f}×", theirs / mine
+        if math.isfinite(mine):  # only this protocol reached it: at least this fast
+            return (f">{theirs_floor / mine:.2f}×" if theirs_floor > 0 else ">1×"), None
+        if math.isfinite(theirs):  # only the baseline did: at most this fast
+            return (f"<{theirs / mine_floor:.2f}×" if mine_floor > 0 else NA), None
+        return "neither reached", None
+
+    speedups = _speedup_cells(rows, _baselines(runs, baseline), baseline, ratio)
     return _with_geomean(_table(runs, rows), runs, speedups)
 
 
