@@ -1,4 +1,9 @@
-"""Helpers for tests: tiny configurations and real multi-rank (gloo) execution."""
+"""Helpers for tests: tiny configurations and real multi-rank (gloo) execution.
+
+``tiny_config`` builds a run directly (ResNet-18 at width 1/16 on digits, whatever the
+protocol), for tests that fix the model; the contract kit's ``suite.testing.kit_config``
+composes one as the command line would and picks a model the protocol supports. Ranks
+train through the kit's own ``train_rank``."""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from suite.architectures import PreActResNetConfig
 from suite.config import LaunchConfig, RunConfig, TrainConfig, with_part
 from suite.datasources import data_config
 from suite.spawn import run_ranks
+from suite.testing import train_rank  # the contract kit's: one rank trains, for run_ranks
 
-__all__ = ["problem", "run_ranks", "set_up", "shipped_protocols", "tiny_config"]
+__all__ = ["problem", "run_ranks", "set_up", "shipped_protocols", "tiny_config", "train_rank"]
 
 
 def tiny_config(protocol: str = "ddp", workers: int = 2, **overrides: Any) -> RunConfig:
@@ -54,16 +60,6 @@ def shipped_protocols() -> list[str]:
     """Registered protocols that ship in ``protocols/`` (tests may register their own)."""
     registry = protocols.load_all()
     return sorted(n for n, c in registry.items() if c.__module__.startswith("protocols."))
-
-
-def train_rank(rank: int, comm: Any, cfg: RunConfig) -> dict[str, Any]:
-    """For ``run_ranks``: train ``cfg`` on this rank (CPU); its summary and final weights."""
-    import torch
-
-    from suite.train import train
-
-    result = train(cfg, comm, torch.device("cpu"))
-    return {"summary": result.summary, "state": result.model.state_dict()}
 
 
 def train_checkpointed(
