@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -24,6 +25,20 @@ def round_floats(value: Any) -> Any:
     if isinstance(value, list):
         return [round_floats(v) for v in value]
     return value
+
+
+def size_arguments(parser: argparse.ArgumentParser, quick: str, repeats: int | None) -> None:
+    """The options every benchmark with a quick mode shares: ``--repeats`` (when it
+    repeats), ``--quick`` (what it shrinks to, said in ``quick``) and ``--out``."""
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", default=None, help="default: results/bench/<name>[-quick]...")
+
+
+def record_path(args: argparse.Namespace, name: str, suffix: str = "-cpu") -> str:
+    """``--out``, else ``results/bench/<name>[-quick]<suffix>.json``."""
+    return args.out or f"results/bench/{name}{'-quick' if args.quick else ''}{suffix}.json"
 
 
 def write_record(

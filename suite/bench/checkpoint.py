@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from suite.bench import write_record
+from suite.bench import record_path, size_arguments, write_record
 from suite.checkpoint import Checkpoints
 from suite.dist import Comm
 from suite.problem import build_protocol, load_problem, parse_run_config
@@ -95,13 +95,11 @@ def measure(preset: str, width: float, repeats: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["localsgd_cifar", "resist_cifar"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="width 1/8, one repeat")
-    parser.add_argument("--out", default=None)
+    size_arguments(parser, "width 1/8, one repeat", repeats=3)
     args = parser.parse_args(argv)
     width = 0.125 if args.quick else 1.0
     repeats = 1 if args.quick else args.repeats
-    out = args.out or f"results/bench/checkpoint{'-quick' if args.quick else ''}-cpu.json"
+    out = record_path(args, "checkpoint")
     load = os.getloadavg()
     rows = [measure(p, width, repeats) for p in args.presets]
     path = write_record(

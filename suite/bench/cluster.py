@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from suite import netem
-from suite.bench import round_floats, rounds, write_record
+from suite.bench import record_path, round_floats, rounds, size_arguments, write_record
 from suite.config import ConfigError
 from suite.dist import Comm
 from suite.spawn import run_ranks
@@ -113,21 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--protocols", nargs="+", default=["ddp", "localsgd", "resist"])
     parser.add_argument("--links", nargs="+", default=["none", "1gbit", "100mbit"])
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--slow-repeats", type=int, default=1, help="repeats on links below 1gbit")
     parser.add_argument("--data-epochs", type=float, default=10.0)
     parser.add_argument("--eval-every", type=float, default=1.0)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--min-depth", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="2 workers, 1 data-epoch (< 60 s)")
-    parser.add_argument("--out", default=None)
+    size_arguments(parser, "2 workers, 1 data-epoch (< 60 s)", repeats=2)
     args = parser.parse_args(argv)
     if args.quick:
         args.workers, args.protocols, args.links = [2], ["localsgd", "resist"], ["none", "1gbit"]
         args.repeats, args.slow_repeats, args.data_epochs, args.eval_every = 1, 1, 1.0, 0.5
     args.model, args.hidden = "preact_resnet", 0
-    out = args.out or f"results/bench/cluster{'-quick' if args.quick else ''}-cpu.json"
+    out = record_path(args, "cluster")
     links: list[str | None] = []
     for link in args.links:
         if link == "none":

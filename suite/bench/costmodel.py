@@ -32,7 +32,7 @@ from typing import Any
 
 import protocols
 from protocols.resist import PAPER_MIN_DEPTH, share_sizes
-from suite.bench import round_floats, write_record
+from suite.bench import record_path, round_floats, size_arguments, write_record
 from suite.costmodel import TRAIN_FLOPS_PER_MAC, V100_TFLOPS, Link, hops, predict, project
 from suite.models.resnet import preact_resnet
 from suite.report.comm import paper_info, paper_model
@@ -148,10 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tflops", type=float, default=V100_TFLOPS, help="assumed, per GPU")
     parser.add_argument("--gbit", type=float, default=10.0, help="link rate of the projection")
     parser.add_argument("--latency-us", type=float, default=50.0, help="per hop (assumed)")
-    parser.add_argument("--quick", action="store_true", help="small stand-in model (< 60 s)")
-    parser.add_argument("--out", default=None)
+    size_arguments(parser, "small stand-in model (< 60 s)", repeats=None)
     args = parser.parse_args(argv)
-    out = args.out or f"results/bench/costmodel{'-quick' if args.quick else ''}.json"
+    out = record_path(args, "costmodel", suffix="")
     found = [Path(m) for m in args.measurements if Path(m).exists()]
     record: dict[str, list[Any]] = {"rows": [], "probes": [], "ratios": []}
     for path in found:  # one record of every row, probe and ratio measured

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 import protocols
 from protocols.base import float_state
 from suite.architectures import MLPConfig, PreActResNetConfig
-from suite.bench import write_record
+from suite.bench import record_path, size_arguments, write_record
 from suite.config import LaunchConfig, RunConfig, TrainConfig
 from suite.data import augment, load_dataset
 from suite.data.loader import Normalizer
@@ -218,14 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--protocols", nargs="+", default=["ddp", "localsgd", "resist", "ist"])
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="30 steps, 1 repeat (< 60 s)")
-    parser.add_argument("--out", default=None)
+    size_arguments(parser, "30 steps, 1 repeat (< 60 s)", repeats=3)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 30, 1
         args.protocols = [p for p in args.protocols if p in ("ddp", "localsgd", "resist")]
-    out = args.out or f"results/bench/overhead{'-quick' if args.quick else ''}-cpu.json"
+    out = record_path(args, "overhead")
     load = os.getloadavg()
     rows = [r for w in args.workers for r in measure(args.protocols, w, args.steps, args.repeats)]
     path = write_record(

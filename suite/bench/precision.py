@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from suite.bench import write_record
+from suite.bench import record_path, size_arguments, write_record
 from suite.config import RunConfig
 from suite.data import TrainBatches, load_dataset
 from suite.problem import build
@@ -97,13 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="10 steps, 1 repeat (< 60 s)")
-    parser.add_argument("--out", default=None)
+    size_arguments(parser, "10 steps, 1 repeat (< 60 s)", repeats=3)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 10, 1
-    out = args.out or f"results/bench/precision{'-quick' if args.quick else ''}-cpu.json"
+    out = record_path(args, "precision")
     load = os.getloadavg()
     rows = [r for t in args.threads for r in measure(t, args.steps, args.repeats)]
     path = write_record(
