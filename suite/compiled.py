@@ -10,7 +10,7 @@ whole. Compiling in place (``nn.Module.compile``) keeps parameter names, so stat
 checkpoints and the protocols' exchanges are unchanged.
 
 The number of graphs compiled goes into the run's summary (``compiled_graphs``); the
-README's Performance section gives the measured effect per protocol.
+docs/performance.md gives the measured effect per protocol.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class TrainConfig(Checked):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under autocast
     channels_last: bool = True  # conv weights and image batches in NHWC (no effect on MLPs)
     # torch.compile the trained module (a ResNet block by block: suite.compiled); off by
-    # default: on this CPU it is slower (README, Performance)
+    # default: on this CPU it is slower (docs/performance.md)
     compile: bool = False
 
 
