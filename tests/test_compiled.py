@@ -70,7 +70,7 @@ def test_resist_compiles_its_blocks_once_not_every_round(tmp_path):
     for epochs in (0.1, 0.5):
         cfg = tiny_config(
             "resist",
-            protocol_kw={"local_steps": 5},
+            protocol_kw={"local_steps": 2},
             model={"depth": 34},
             train={"data_epochs": epochs, "eval_every": 1e9, "compile": True},
         )
