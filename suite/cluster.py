@@ -35,6 +35,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 
 from suite.config import ConfigError, RunConfig
 from suite.launch import RunBusy, failed_summary, run_dir, run_lock, skip_completed
+from suite.record import Summary
 from suite.sweep import sweep_points, write_outcome
 
 
@@ -193,7 +194,7 @@ def wait_for(handles: Iterable[Any], poll_s: float = 2.0) -> None:
         time.sleep(poll_s)
 
 
-def _failure(job: _Job, handle: Any, err: BaseException) -> dict[str, Any]:
+def _failure(job: _Job, handle: Any, err: BaseException) -> Summary:
     """The summary of a run whose job failed; marks the run failed if no rank could."""
     run = run_dir(job.cfg)
     summary = run.read_summary()
@@ -207,7 +208,7 @@ def _failure(job: _Job, handle: Any, err: BaseException) -> dict[str, Any]:
     return {**summary, "run_dir": str(run.path), "slurm_job": handle.job_id}
 
 
-def _job_return(job: _Job, summary: dict[str, Any]) -> JobReturn:
+def _job_return(job: _Job, summary: Summary) -> JobReturn:
     """A sweep result for a job that returned nothing itself (skipped or failed)."""
     write_outcome(job.folder, summary)
     ret = JobReturn(overrides=job.overrides, working_dir=str(job.folder), task_name="run")

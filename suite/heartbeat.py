@@ -17,7 +17,8 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+
+from suite.record import Summary
 
 log = logging.getLogger("suite")
 
@@ -119,7 +120,7 @@ class StallWatch:
                 f"wait for it{until} (launcher.stall_timeout_s)"
             )
 
-    def marks(self) -> dict[str, Any]:
+    def marks(self) -> Summary:
         """What a summary records of a stall: its length, and that its times are not clean."""
         if self.stalled_s <= 0:
             return {}

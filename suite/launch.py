@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,7 +35,7 @@ from suite.config import ConfigError, RunConfig
 from suite.dist import Comm, Rendezvous, destroy_process_group, init_process_group, pick_device
 from suite.heartbeat import FOLDER as heartbeat_folder
 from suite.heartbeat import Heartbeat, Stalled, StallWatch
-from suite.record import RunDir, changed_environment, environment
+from suite.record import RunDir, Summary, changed_environment, environment
 from suite.spawn import Outcome, signal_name, start_ranks
 from suite.spawn import context as spawn_context
 from suite.train import Preempted, train
@@ -223,7 +223,7 @@ def run_dir(cfg: RunConfig) -> RunDir:
     return RunDir(Path(cfg.results_dir).resolve() / cfg.run_name())
 
 
-def skip_completed(cfg: RunConfig) -> dict[str, Any] | None:
+def skip_completed(cfg: RunConfig) -> Summary | None:
     """The summary to return instead of running, if ``cfg`` already has a result (it
     completed, or diverged: a result too) and ``force`` is off; None if it has to run."""
     run = run_dir(cfg)
@@ -240,7 +240,7 @@ def skip_completed(cfg: RunConfig) -> dict[str, Any] | None:
 RESULTS = ("completed", "diverged")
 
 
-def execute(cfg: RunConfig) -> dict[str, Any]:
+def execute(cfg: RunConfig) -> Summary:
     """Run one configuration (or skip it if already completed); return its summary."""
     validate(cfg)
     skipped = skip_completed(cfg)
@@ -320,7 +320,7 @@ def _resume_in_place(
     run.start_attempt({**env, "resumed": True, "changed": changed})
 
 
-def end_attempt(run: RunDir, summary: dict[str, Any]) -> None:
+def end_attempt(run: RunDir, summary: Summary) -> None:
     """Record how this attempt ended, if the run folder can still be written."""
     try:
         run.end_attempt(summary)
@@ -328,7 +328,7 @@ def end_attempt(run: RunDir, summary: dict[str, Any]) -> None:
         log.warning("could not record the end of this attempt in %s: %s", run.attempts, err)
 
 
-def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+def run_task(rdv: Rendezvous, cfg: RunConfig, run: RunDir) -> Summary:
     """This task's rank of a run whose ranks a scheduler started (SLURM via submitit).
 
     The scheduler's preemption / time-limit signal (submitit's, USR2 by default) makes
@@ -384,7 +384,7 @@ def _record_task_failure(
         if len(seen) == rdv.world_size or now - changed >= settle_s or now - start >= limit_s:
             break
         time.sleep(0.1)
-    written = (run.read_summary() or {}).get("error", "")
+    written = (run.read_summary() or {}).get("error") or ""
     named_me = written.startswith(f"rank {rdv.rank} {_SILENT}")
     if not named_me and (not seen or min(seen) != rdv.rank):
         return
@@ -405,17 +405,17 @@ def _reported(run: RunDir) -> set[int]:
     return {int(f.stem.removeprefix("error-rank")) for f in run.error_files()}
 
 
-def failed_summary(cfg: RunConfig, error: str, **extra: Any) -> dict[str, Any]:
-    """The summary of a run that did not finish."""
-    return {
+def failed_summary(cfg: RunConfig, error: str, **extra: Any) -> Summary:
+    """The summary of a run that did not finish; ``extra``: more of :class:`Summary`'s keys."""
+    summary: Summary = {
         "status": "failed",
         "protocol": cfg.protocol.name,
         "workers": cfg.workers,
         "seed": cfg.seed,
         "data": cfg.data.name,
         "error": error,
-        **extra,
     }
+    return cast(Summary, {**summary, **extra})
 
 
 def threads_per_worker(cfg: RunConfig) -> int:
@@ -522,7 +522,7 @@ class StopSignals:
             )
 
 
-def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+def spawn_local(cfg: RunConfig, run: RunDir) -> Summary:
     """Start ``workers`` processes, watch them, and return the run's summary (with
     ``launcher.link``, every rank in its own namespace behind a shaped link)."""
     tail = LogTail(run.log_file)
@@ -537,11 +537,12 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     try:
         outcome, signum = _watch_ranks(cfg, run, [tail.relay, watch.poll])
     except Stalled as stalled:
-        return write_summary(run, failed_summary(cfg, str(stalled), stalled=True, **watch.marks()))
+        ended: Summary = {**failed_summary(cfg, str(stalled), stalled=True), **watch.marks()}
+        return write_summary(run, ended)
     finally:
         shutil.rmtree(beats, ignore_errors=True)
     written = run.read_summary() if _mtime(run.summary) != before else None  # this attempt's
-    stopped_by = {} if signum is None else {"signal": signal.Signals(signum).name}
+    stopped_by: Summary = {} if signum is None else {"signal": signal.Signals(signum).name}
     if not (outcome.failed or outcome.interrupted) and written is not None:
         if watch.marks():  # it stalled and went on: its times are no clean measurement
             written = write_summary(run, {**written, **watch.marks()})
@@ -550,7 +551,7 @@ def spawn_local(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         summary = stopped_summary(cfg, run, signum, outcome)
     else:
         error = describe_failure(run, outcome)
-        summary = failed_summary(cfg, error, wall_s=outcome.wall_s, **stopped_by)
+        summary = {**failed_summary(cfg, error, wall_s=outcome.wall_s), **stopped_by}
     return write_summary(run, summary)
 
 
@@ -572,7 +573,7 @@ def _watch_ranks(
     return outcome, signals.received
 
 
-def write_summary(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+def write_summary(run: RunDir, summary: Summary) -> Summary:
     """Write the launcher's summary of a run; if the run folder cannot be written (full,
     read-only, gone), the summary returned says so next to the workers' reason."""
     try:
@@ -589,7 +590,7 @@ def _mtime(path: Path) -> int | None:
     return None
 
 
-def stopped_summary(cfg: RunConfig, run: RunDir, signum: int, outcome: Outcome) -> dict[str, Any]:
+def stopped_summary(cfg: RunConfig, run: RunDir, signum: int, outcome: Outcome) -> Summary:
     """The summary of a run a signal stopped (``status: stopped``, the signal named)."""
     name = signal.Signals(signum).name
     step = Checkpoints(run.path, 0).latest_step() if cfg.train.checkpoint else None
@@ -599,10 +600,13 @@ def stopped_summary(cfg: RunConfig, run: RunDir, signum: int, outcome: Outcome) 
     else:
         then = "no checkpoint to resume from; the same command starts afresh"
     error = f"stopped by {name} {how}: {then}"
-    return {**failed_summary(cfg, error, wall_s=outcome.wall_s), "status": "stopped"} | {
+    summary: Summary = {
+        **failed_summary(cfg, error, wall_s=outcome.wall_s),
+        "status": "stopped",
         "signal": name,
         "checkpoint_step": step,
     }
+    return summary
 
 
 class LogTail:
@@ -660,13 +664,14 @@ def describe_failure(run: RunDir, outcome: Outcome) -> str:
     return "workers exited without writing a summary"
 
 
-def _print_summary(run: RunDir, s: dict[str, Any]) -> None:
+def _print_summary(run: RunDir, s: Summary) -> None:
     if s.get("status") == "completed" or s.get("status") == "diverged":
         acc = s.get("final_test_acc")
         print(
             f"[{s['status']}] {s.get('protocol')} workers={s.get('workers')} seed={s.get('seed')}: "
-            f"test acc {acc if acc is None else f'{acc:.4f}'}, train {s.get('train_s', 0):.1f}s "
-            f"(comm {s.get('comm_s', 0):.1f}s), {s.get('bytes', 0) / 1e9:.4f} GB communicated, "
+            f"test acc {acc if acc is None else f'{acc:.4f}'}, "
+            f"train {s.get('train_s') or 0:.1f}s (comm {s.get('comm_s') or 0:.1f}s), "
+            f"{(s.get('bytes') or 0) / 1e9:.4f} GB communicated, "
             f"wall {s.get('wall_s', 0):.1f}s -> {run.path}"
         )
     else:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import csv
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from suite.config import ConfigError, RunConfig, flatten_config
+from suite.record import Summary
 
 #: The package each logger needs, for a clear refusal before anything starts.
 NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -60,11 +62,11 @@ class MetricLogger:
     def log(self, row: dict[str, Any]) -> None:
         """One evaluation's row."""
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         """The run's summary; close files."""
 
 
-def _scalars(row: dict[str, Any]) -> dict[str, float]:
+def _scalars(row: Mapping[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in row.items()
@@ -113,7 +115,7 @@ class TensorBoardLogger(MetricLogger):
             self.writer.add_scalar(key, value, global_step=row["step"])
         self.writer.flush()
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         config = flatten_config(self.cfg.to_dict())
         hparams = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in config.items()
@@ -146,7 +148,7 @@ class WandbLogger(MetricLogger):
     def log(self, row: dict[str, Any]) -> None:
         self.run.log(_scalars(row), step=int(row["step"]))
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         for key, value in _scalars(summary).items():
             self.run.summary[f"final/{key}"] = value
         self.run.summary["status"] = summary.get("status")

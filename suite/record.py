@@ -21,10 +21,61 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast, get_args
 
 import torch
 import yaml
+
+#: How a run ended, as its ``summary.json`` says: ``completed`` and ``diverged`` (a
+#: result: the loss went non-finite) are written by the loop; ``failed`` (a rank died, the
+#: run stalled, a scheduler's job ended), ``stopped`` (a signal) and ``preempted`` (to be
+#: resumed) by the launchers; ``busy`` (the same run was already running) and ``skipped``
+#: (already completed) are a sweep job's outcome only, never a summary on disk.
+Status = Literal["completed", "diverged", "failed", "stopped", "preempted", "busy", "skipped"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
+class Summary(TypedDict, total=False):
+    """A run's ``summary.json``, and what the launchers return for a run: the loop's
+    fields when it finished (``suite.train``), the launcher's when it did not
+    (``suite.launch.failed_summary``), and the launcher's own additions (``run_dir``,
+    ``wall_s``, the stall watch's marks). Every reader reads it through this type."""
+
+    status: Status
+    error: str | None
+    protocol: str
+    workers: int
+    seed: int
+    data: str
+    final_test_acc: float | None
+    best_test_acc: float | None
+    final_test_loss: float | None
+    train_s: float | None
+    compute_s: float | None
+    comm_s: float | None
+    bytes: int | None
+    bytes_moved: int | None
+    bytes_payload: int | None
+    steps: int
+    rounds: int
+    data_epochs: float
+    protocol_stats: dict[str, Any]
+    peak_memory_bytes: int
+    threads_per_worker: int
+    started_unix: float
+    compiled_graphs: int  # train.compile
+    # Added by the launchers:
+    run_dir: str
+    rank: int  # the rank that returned it (torchrun, SLURM: every task returns one)
+    wall_s: float
+    skipped: bool  # already completed: nothing ran
+    signal: str  # the signal that stopped it
+    checkpoint_step: int | None  # where a stopped run resumes
+    slurm_job: str  # the SLURM job of a task that ended without a summary
+    stalled: bool  # the stall watch ended it (suite.heartbeat)
+    stalled_s: float  # how long ranks stood still (a run that stalled and went on too)
+    timings_valid: bool  # False after a stall: its times are not a clean measurement
+
 
 METRIC_COLUMNS = (
     "round",
@@ -81,12 +132,13 @@ class RunDir:
         self.log_file = self.path / "run.log"
         self.attempts = self.path / "attempts"
 
-    def read_summary(self) -> dict[str, Any] | None:
+    def read_summary(self) -> Summary | None:
         """The summary, or None when absent or unreadable."""
         try:
-            return dict(json.loads(self.summary.read_text()))
+            data = json.loads(self.summary.read_text())
         except (OSError, ValueError):
             return None
+        return cast(Summary, data) if isinstance(data, dict) else None
 
     def is_complete(self) -> bool:
         summary = self.read_summary()
@@ -126,7 +178,7 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         atomic_write_text(self.summary, json.dumps(_clean(summary), indent=2) + "\n")
 
     def archive_errors(self) -> None:
@@ -175,14 +227,14 @@ class RunDir:
         text = json.dumps(_clean({"attempt": n, **record}), indent=2) + "\n"
         atomic_write_text(self.attempts / f"{n}.json", text)
 
-    def end_attempt(self, summary: dict[str, Any]) -> None:
+    def end_attempt(self, summary: Summary) -> None:
         """Add how the latest attempt ended (its status, error or signal) to its record."""
         files = self.attempt_files()
         if not files:
             return
         record = json.loads(files[-1].read_text())
         keys = ("status", "error", "signal", "steps")
-        ended = {k: summary[k] for k in keys if summary.get(k) is not None}
+        ended = {k: v for k, v in summary.items() if k in keys and v is not None}
         record["ended"] = {**ended, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(files[-1], json.dumps(_clean(record), indent=2) + "\n")
 

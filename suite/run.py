@@ -24,7 +24,6 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from suite.config import ConfigError
 from suite.launch import RunBusy, check_writable, execute
 from suite.overrides import check_overrides
+from suite.record import Summary
 from suite.sweep import register, run_config, write_outcome
 
 try:  # before Hydra composes: protocol=<plugin> must be a known choice
@@ -48,7 +48,7 @@ except ConfigError as err:  # a plugin that does not load: one line, not a trace
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> Summary:
     """Turn the composed config into typed dataclasses and run it.
 
     Exit status of a single run: 0 completed or diverged (a result; the summary line

@@ -35,11 +35,11 @@ from suite import architectures, datasources, launchers, optimizers
 from suite.config import ConfigError, LaunchConfig, RunConfig, TrainConfig
 from suite.plugins import Registry
 from suite.problem import parse_run_config
-from suite.record import atomic_write_text
+from suite.record import Status, Summary, atomic_write_text
 
 OUTCOME = "outcome.json"  # in each sweep job's Hydra folder: the run's summary line
 STOPPED = "stopped.json"  # in the sweep folder: the signal that stopped the sweep early
-STATUSES = ("completed", "failed", "diverged", "stopped", "skipped", "busy")
+STATUSES: tuple[Status, ...] = ("completed", "failed", "diverged", "stopped", "skipped", "busy")
 #: Outcomes that make a multirun end with a non-zero exit status (after its summary).
 BAD = ("failed", "stopped", "busy", "unknown")
 
@@ -186,7 +186,7 @@ def run_config(cfg: DictConfig) -> RunConfig:
     return parse_run_config({str(k): v for k, v in values.items()})
 
 
-def write_outcome(folder: Path, summary: dict[str, Any]) -> None:
+def write_outcome(folder: Path, summary: Summary) -> None:
     """One sweep job's outcome, for ``SweepSummary``."""
     keys = ("status", "protocol", "workers", "seed", "final_test_acc", "error", "run_dir", "signal")
     outcome = {k: summary.get(k) for k in keys}
@@ -221,7 +221,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = read_outcomes(sweep_dir)
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+        counts: dict[str, int] = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         counts["other"] = len(rows) - sum(counts.values())
         stopped = _stop_of(sweep_dir, rows)
         record: dict[str, Any] = {"counts": counts, "runs": rows}

@@ -49,7 +49,7 @@ from suite.architectures import MLPConfig
 from suite.config import ConfigError, RunConfig, with_part
 from suite.dist import Comm
 from suite.problem import check, load_problem, parse_run_config
-from suite.record import RunDir
+from suite.record import RunDir, Summary
 
 #: The shared models a protocol is tried on (its own family first), as overrides.
 SHARED_MODELS: tuple[tuple[str, ...], ...] = (
@@ -134,7 +134,7 @@ def check_refusals_are_one_line(name: str) -> None:
                 assert reason.strip() and "\n" not in reason, (name, workers, reason)
 
 
-def check_learns_and_counts_bytes(name: str, tmp: Path, workers: int = 2) -> dict[str, Any]:
+def check_learns_and_counts_bytes(name: str, tmp: Path, workers: int = 2) -> Summary:
     """A real run through the launcher: completes, learns, records the stated bytes."""
     from suite.launch import execute
 
@@ -142,7 +142,8 @@ def check_learns_and_counts_bytes(name: str, tmp: Path, workers: int = 2) -> dic
     summary = execute(cfg)
     assert summary["status"] == "completed", summary
     classes = 10  # digits
-    assert summary["final_test_acc"] >= 2 / classes, (name, summary["final_test_acc"])
+    acc = summary["final_test_acc"]
+    assert acc is not None and acc >= 2 / classes, (name, acc)
     cls = protocols.get(name)
     if cls.bytes_not_stated:
         return summary

@@ -38,7 +38,7 @@ from suite.dist import Comm
 from suite.loggers import MetricLogger, open_logger
 from suite.optimizers import Optimizer
 from suite.problem import build_protocol, load_problem, model_is_conv
-from suite.record import RunDir
+from suite.record import RunDir, Status, Summary
 
 log = logging.getLogger("suite")
 
@@ -55,7 +55,7 @@ class TrainResult:
     """What a rank ends with: the run's summary and the final global model (and the
     protocol, for the contract kit's look at what each rank holds)."""
 
-    summary: dict[str, Any]
+    summary: Summary
     model: nn.Module
     protocol: Protocol[Any] | None = None
 
@@ -211,7 +211,8 @@ def train(
     run.beat = beat
     state = _resume(run) if checkpoints is not None else LoopState()
     clock, progress = Clock(device, state.clock), _progress(run, state.step)
-    run.started, run.first_step, status = time.time(), state.step, "completed"
+    run.started, run.first_step = time.time(), state.step
+    status: Status = "completed"
     if record is not None:
         _announce(run, record, state.step)
     clock.start()
@@ -507,12 +508,12 @@ def _resume(run: Run) -> LoopState:
     )
 
 
-def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
+def _finish(run: Run, state: LoopState, status: Status) -> TrainResult:
     """The run's summary (rank 0 writes it and drops the checkpoints)."""
     stats = protocol_stats(run)
     (peak,) = run.comm.reduce_stats([float(peak_memory(run.device))], op="max")
     final = state.final
-    summary = {
+    summary: Summary = {
         "status": status,
         "protocol": run.cfg.protocol.name,
         "workers": run.cfg.workers,
@@ -521,8 +522,12 @@ def _finish(run: Run, state: LoopState, status: str) -> TrainResult:
         "final_test_acc": final.get("test_acc"),
         "best_test_acc": state.best_acc if state.best_acc >= 0 else None,
         "final_test_loss": final.get("test_loss"),
-        **{k: final.get(k) for k in ("train_s", "compute_s", "comm_s")},
-        **{k: final.get(k) for k in ("bytes", "bytes_moved", "bytes_payload")},
+        "train_s": final.get("train_s"),
+        "compute_s": final.get("compute_s"),
+        "comm_s": final.get("comm_s"),
+        "bytes": final.get("bytes"),
+        "bytes_moved": final.get("bytes_moved"),
+        "bytes_payload": final.get("bytes_payload"),
         "steps": state.step,
         "rounds": state.rnd,
         "data_epochs": run.budget.epoch(state.step),

@@ -82,3 +82,26 @@ def test_no_function_over_60_lines_outside_the_benchmarks():
                 if lines > 60:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def test_every_key_a_run_writes_in_its_summary_is_typed(tmp_path):
+    """``suite.record.Summary`` is the summary's one type: a real run's summary.json (and a
+    failed run's, and a stopped one's) holds no key it does not declare."""
+    import signal
+
+    from helpers import tiny_config
+
+    from suite.launch import execute, failed_summary, stopped_summary
+    from suite.record import STATUSES, RunDir, Summary
+    from suite.spawn import Outcome
+
+    declared = set(Summary.__annotations__)
+    cfg = tiny_config("single", workers=1, results_dir=str(tmp_path))
+    returned = execute(cfg)
+    written = RunDir(returned["run_dir"]).read_summary()
+    assert written is not None and written["status"] in STATUSES
+    assert set(written) <= declared, set(written) - declared
+    assert set(returned) <= declared, set(returned) - declared
+    failed = failed_summary(cfg, "a reason", wall_s=1.0)
+    stopped = stopped_summary(cfg, RunDir(tmp_path / "x"), signal.SIGTERM, Outcome())
+    assert (set(failed) | set(stopped)) <= declared

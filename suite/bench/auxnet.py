@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 name = "single" if workers == 1 else "auxnet"
                 summary = execute(_config(name, workers, args, tmp))
                 assert summary["status"] == "completed", summary
-                runs.setdefault(f"{name}-{workers}", []).append(summary)
+                runs.setdefault(f"{name}-{workers}", []).append(dict(summary))
         serial = runs["single-1"]
         t_serial = statistics.median(s["train_s"] for s in serial)
         t_data = data_time(_config("single", 1, args, tmp), serial[0]["steps"])

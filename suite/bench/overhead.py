@@ -180,7 +180,7 @@ def measure(protocols_: list[str], workers: int, steps: int, repeats: int) -> li
                     summary = execute(config)
                     assert summary["status"] == "completed", summary
                     assert summary["steps"] == steps, summary
-                    into[name].append(summary["train_s"] / steps)
+                    into[name].append((summary["train_s"] or 0.0) / steps)
     rows = []
     for name in names:
         b, s = statistics.median(bare[name]), statistics.median(suite[name])

@@ -24,6 +24,7 @@ import dataclasses
 import os
 import statistics
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ def time_to_target(rows: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
-def run_stats(summary: dict[str, Any], target: float) -> dict[str, Any]:
+def run_stats(summary: Mapping[str, Any], target: float) -> dict[str, Any]:
     """Per-round figures of one completed run (and its time to ``target``)."""
     s, rounds, steps = summary, summary["rounds"], summary["steps"]
     rows = RunDir(s["run_dir"]).read_metrics()

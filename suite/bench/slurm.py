@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                     "submit_to_job_start_s": round(start - submit, 2),
                     "job_start_to_first_step_s": round(summary["started_unix"] - start, 2),
                     "command_to_first_step_s": round(summary["started_unix"] - t0, 2),
-                    "train_s": round(summary["train_s"], 2),
+                    "train_s": round(summary["train_s"] or 0.0, 2),
                 }
             )
     for r in rows:
