@@ -50,30 +50,30 @@ def test_tidy_tables_and_problems():
 def test_accuracy_matches_a_hand_computation(report):
     md = (report[0] / "tables" / "accuracy.md").read_text()
     # localsgd: mean(90, 80) = 85.00, sample std = 7.07, 95% t-interval 12.706*7.07/sqrt(2)
-    row = _row(md, "localsgd")
+    row = _row(md, "local SGD")  # the protocols' titles
     assert "| 85.00 ± 7.07 | ± 63.53 | 2 | 1 diverged, 1 incomplete |" in row
-    assert "| 94.00 ± 1.41 | ± 12.71 | 2 | 1 failed |" in _row(md, "ddp")
+    assert "| 94.00 ± 1.41 | ± 12.71 | 2 | 1 failed |" in _row(md, "data parallel")
 
 
 def test_time_and_speedups_match_a_hand_computation(report):
     md = (report[0] / "tables" / "train_time.md").read_text()
-    assert "| 11.0 ± 1.4 | 2 | 1.00× (baseline) |" in _row(md, "localsgd", "2")
-    assert "| 5.50 ± 0.00 | 2 | 2.00× |" in _row(md, "ddp", "2")  # 11 / 5.5, 3 digits
-    assert "| geo. mean of 1 of 1 rows |  | 2.00× |" in _row(md, "all", "ddp")
+    assert "| 11.0 ± 1.4 | 2 | 1.00× (baseline) |" in _row(md, "local SGD", "2")
+    assert "| 5.50 ± 0.00 | 2 | 2.00× |" in _row(md, "data parallel", "2")  # 11 / 5.5, 3 digits
+    assert "| geo. mean of 1 of 1 rows |  | 2.00× |" in _row(md, "all", "data parallel")
     target = (report[0] / "tables" / "time_to_target.md").read_text()
     # AlgoPerf: a run that never reaches 90 % counts as ∞. localsgd: only seed 0 reaches it
     # (at 10 s) of 4 runs, so the median is ∞; ddp: 3 s, 5.5 s and a failed seed: 5.5 s.
-    assert "| ∞ (not reached) | 1/4 | 1.00× (baseline) |" in _row(target, "localsgd", "2")
+    assert "| ∞ (not reached) | 1/4 | 1.00× (baseline) |" in _row(target, "local SGD", "2")
     # Only ddp reaches it: a lower bound from localsgd's training times without reaching
     # it (10, 12, 4 and 0 s for the incomplete run: median 7 s), 7 / 5.5 = 1.27.
-    assert "| 5.50 | 2/3 | >1.27× |" in _row(target, "ddp", "2")
+    assert "| 5.50 | 2/3 | >1.27× |" in _row(target, "data parallel", "2")
 
 
 def test_communication_and_failed_runs_are_shown(report):
     comm = (report[0] / "tables" / "comm_recorded.md").read_text()
     # MB per round, moved (the suite's convention) then paper, to 3 significant digits.
-    assert "| 10.0 | 200 | 200 |" in _row(comm, "localsgd")
-    assert "| 1.0 | 5.00 | 5.00 |" in _row(comm, "ddp")
+    assert "| 10.0 | 200 | 200 |" in _row(comm, "local SGD")
+    assert "| 1.0 | 5.00 | 5.00 |" in _row(comm, "data parallel")
     runs = (report[0] / "tables" / "runs.md").read_text()
     assert "| failed |" in _row(runs, "digits-ddp-w2-s2") and "SIGKILL" in runs
     assert "| diverged |" in _row(runs, "digits-localsgd-w2-s2")
@@ -216,7 +216,7 @@ def test_out_is_replaced_only_when_the_whole_report_is_written(tmp_path, monkeyp
     monkeypatch.undo()
     report_main(["--results", str(FIXTURE), "--out", str(out)])
     assert (out / "notes.txt").read_text() == "mine\n"  # not the report's: kept
-    assert "| localsgd |" in (out / "tables" / "accuracy.md").read_text()
+    assert "| local SGD |" in (out / "tables" / "accuracy.md").read_text()
     assert (out / "figures" / "scaling.png").exists() and (out / "README.md").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["paper"]
 

@@ -93,10 +93,10 @@ def test_speedups_only_against_a_like_baseline(tmp_path):
         write_run(tmp_path, "resist", seed, train={"data_epochs": 2.0}, curve=((2.0, 0.7),))
     runs = load_runs(tmp_path).runs
     table = analysis.time_table(runs, "localsgd")
-    long = _rows(table, protocol="resist", **{"train.data_epochs": "10"})
-    short = _rows(table, protocol="resist", **{"train.data_epochs": "2"})
+    long = _rows(table, protocol="ResIST", **{"train.data_epochs": "10"})
+    short = _rows(table, protocol="ResIST", **{"train.data_epochs": "2"})
     assert list(long.speedup) == ["2.00×"]  # 20 s / 10 s, same budget
-    assert list(short.speedup) == ["no localsgd run with these settings"]
+    assert list(short.speedup) == ["no local SGD run with these settings"]
     geo = _rows(table, data="all")
     assert list(geo.speedup) == ["2.00×"]  # the geometric mean takes like pairs only
 
@@ -107,11 +107,11 @@ def test_protocol_knobs_do_not_break_the_baseline_but_show(tmp_path):
     write_run(tmp_path, "resist", 0, protocol_kw={"local_steps": 20}, curve=((5.0, 0.9),))
     table = analysis.time_table(load_runs(tmp_path).runs, "localsgd")
     assert sorted(_rows(table, workers=2).protocol) == [
-        "localsgd",
-        "resist (local_steps=20)",
-        "resist (local_steps=5)",
+        "ResIST (local_steps=20)",
+        "ResIST (local_steps=5)",
+        "local SGD",
     ]
-    assert list(_rows(table, protocol="resist (local_steps=20)", workers=2).speedup) == ["4.00×"]
+    assert list(_rows(table, protocol="ResIST (local_steps=20)", workers=2).speedup) == ["4.00×"]
 
 
 def test_a_duplicate_seed_is_an_error_not_n2(tmp_path):
@@ -140,14 +140,14 @@ def test_time_to_target_counts_a_seed_that_never_reaches_it_as_infinite(tmp_path
         write_run(tmp_path, "ddp", seed, curve=((t, 0.95),))
     r = load_runs(tmp_path)
     table = analysis.time_to_target(r.runs, r.metrics, 0.8, "localsgd")
-    local = _rows(table, protocol="localsgd")
+    local = _rows(table, protocol="local SGD")
     assert list(local["median time to 80% (s)"]) == ["6.00"] and list(local.reached) == ["2/3"]
-    resist = _rows(table, protocol="resist")
+    resist = _rows(table, protocol="ResIST")
     assert list(resist["median time to 80% (s)"]) == ["∞ (not reached)"]
     assert list(resist.reached) == ["1/3"]
     # Only localsgd reaches it: resist is at most 6 / median(1, 3, 4) = 6 / 3 = 2× faster.
     assert list(resist.speedup) == ["<2.00×"]
-    assert list(_rows(table, protocol="ddp", workers=2).speedup) == ["3.00×"]  # 6 / 2
+    assert list(_rows(table, protocol="data parallel", workers=2).speedup) == ["3.00×"]  # 6 / 2
 
 
 def test_a_speedup_where_only_the_protocol_reaches_the_target_is_a_lower_bound(tmp_path):
@@ -157,7 +157,7 @@ def test_a_speedup_where_only_the_protocol_reaches_the_target_is_a_lower_bound(t
     r = load_runs(tmp_path)
     table = analysis.time_to_target(r.runs, r.metrics, 0.8, "localsgd")
     # localsgd trained 20, 21, 22 s without reaching 80 %: resist is > 21 / 5 = 4.2× faster
-    assert list(_rows(table, protocol="resist").speedup) == [">4.20×"]
+    assert list(_rows(table, protocol="ResIST").speedup) == [">4.20×"]
 
 
 def test_figures_keep_each_protocols_colour_and_embed_truetype_fonts(tmp_path):
@@ -233,9 +233,9 @@ def test_moved_aside_attempts_are_history_not_runs(tmp_path):
     row = [
         line
         for line in (out / "tables" / "accuracy.md").read_text().splitlines()
-        if name[:6] in line or "| localsgd |" in line
+        if name[:6] in line or "| local SGD |" in line
     ]
-    assert row == ["| digits | preact_resnet101x0.125 | localsgd | 2 | 90.00 | — | 1 | — |"]
+    assert row == ["| digits | preact_resnet101x0.125 | local SGD | 2 | 90.00 | — | 1 | — |"]
     index = (out / "README.md").read_text()
     earlier = index.split("## Earlier attempts (not in the tables)")[1]
     assert f"{name}.old-20261202-101500 | failed" in earlier

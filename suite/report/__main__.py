@@ -100,6 +100,7 @@ def table_specs(
     runs, metrics = results.runs, results.metrics
     claims, problems = load_claims()
     results.problems.extend(problems)
+    base = analysis.protocol_title(baseline)
     return [
         (
             "accuracy",
@@ -112,15 +113,15 @@ def table_specs(
         (
             "train_time",
             analysis.time_table(runs, baseline),
-            f"Total training time (s, evaluation excluded) and speedup over {baseline}",
-            f"Speedup = mean time of the {baseline} group with the same settings (everything "
+            f"Total training time (s, evaluation excluded) and speedup over {base}",
+            f"Speedup = mean time of the {base} group with the same settings (everything "
             "but the protocol and its own knobs) / this group's; where no such group exists "
             "the cell says so. The 'all' rows are geometric means over the rows above.",
         ),
         (
             "time_to_target",
             analysis.time_to_target(runs, metrics, target, baseline),
-            f"Training time to {100 * target:g}% test accuracy and speedup over {baseline}",
+            f"Training time to {100 * target:g}% test accuracy and speedup over {base}",
             "Scored like MLCommons AlgoPerf in one respect: a run that never reaches the "
             "target counts as ∞, the median is over every run of the group (failed ones "
             "included) and 'reached' is the fraction of seeds that got there. It differs from "

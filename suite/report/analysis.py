@@ -95,10 +95,23 @@ def _value(v: object) -> str:
     return str(v)
 
 
+def protocol_title(name: str) -> str:
+    """How tables and figures name a protocol: the ``title`` its class sets (ddp: "data
+    parallel"), else its registered name (a class that sets none, a subclass that did not
+    set its own, or results of a protocol not installed here)."""
+    import protocols
+
+    cls = protocols.load_all().get(name)
+    title = cls.__dict__.get("title") if cls is not None else None
+    return str(title) if title else name
+
+
 def _family_label(row: pd.Series, family: str) -> str:
     if family == "optim":
         return str(row.get("optim.name", NA))
-    return str(row["model"] if family == "model" else row[family])
+    if family == "protocol":
+        return protocol_title(str(row["protocol"]))
+    return str(row["model"])
 
 
 def _family_keys(columns: list[str], family: str) -> list[str]:
@@ -217,7 +230,7 @@ def _baselines(runs: pd.DataFrame, baseline: str) -> dict[str, str | list[str]]:
     for gid in firsts.index:
         same = firsts.index[(key == key[gid]) & (firsts.protocol == baseline)]
         if len(same) == 0:
-            out[gid] = f"no {baseline} run with these settings"
+            out[gid] = f"no {protocol_title(baseline)} run with these settings"
         else:
             out[gid] = list(same)
     return out
@@ -261,7 +274,7 @@ def _speedup_cells(
         if isinstance(base, str):
             row["speedup"] = base
         elif len(base) > 1:
-            row["speedup"] = f"{len(base)} {baseline} groups with these settings"
+            row["speedup"] = f"{len(base)} {protocol_title(baseline)} groups with these settings"
         elif base[0] == gid:
             row["speedup"] = "1.00× (baseline)"
         else:

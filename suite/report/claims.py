@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from suite.report.analysis import NA, Table, _firsts, reach_times
+from suite.report.analysis import NA, Table, _firsts, protocol_title, reach_times
 from suite.report.load import NOT_GROUPING, config_columns
 
 CLAIMS_CSV = Path(__file__).with_name("claims.csv")
@@ -238,7 +238,7 @@ def claims_table(
                     "data": f"{first['data']} ({scale})",
                     "model": first["model"],
                     "workers": int(first["workers"]),
-                    "n": f"{len(mine)} vs {len(base)} ({claim['baseline']})",
+                    "n": f"{len(mine)} vs {len(base)} ({protocol_title(claim['baseline'])})",
                     "measured": value,
                     "95% interval": interval,
                     "holds if": f"{claim['op']} {threshold:g}",
@@ -269,7 +269,10 @@ def _not_run(claim: pd.Series) -> dict[str, object]:
         "data": NA,
         "model": claim["model"],
         "workers": NA,
-        "n": f"0 (no {claim['protocol']} and {claim['baseline']} runs alike)",
+        "n": (
+            f"0 (no {protocol_title(claim['protocol'])} and "
+            f"{protocol_title(claim['baseline'])} runs alike)"
+        ),
         "measured": NA,
         "95% interval": NA,
         "holds if": f"{claim['op']} {claim['threshold']}",

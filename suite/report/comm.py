@@ -17,6 +17,7 @@ import protocols
 from protocols.base import ProblemInfo
 from suite.models.resnet import preact_resnet
 from suite.problem import parse_run_config
+from suite.report.analysis import protocol_title
 from suite.sweep import compose
 
 #: The presets of the paper's Table 1, in its row order.
@@ -61,7 +62,7 @@ def comm_table(df: pd.DataFrame) -> pd.DataFrame:
     wide = df.pivot(index="protocol", columns="workers", values="GB_per_round")
     order = list(dict.fromkeys(df.protocol))
     wide = wide.loc[order]
-    out = pd.DataFrame({"method": [protocols.get(p).title or p for p in wide.index]})
+    out = pd.DataFrame({"method": [protocol_title(p) for p in wide.index]})
     for s in wide.columns:
         out[f"{s} workers (GB)"] = [f"{v:.3f}" for v in wide[s]]
     return out

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from suite.report.analysis import NA, Table, summarize
+from suite.report.analysis import NA, Table, protocol_title, summarize
 
 REPORTED = Path(__file__).with_name("reported.csv")
 #: Semantic keys a paper row does not constrain: where and how a run executed.
@@ -102,7 +102,7 @@ def compare(runs: pd.DataFrame, paper_table: pd.DataFrame | None = None) -> tupl
                     "paper": r.paper,
                     "table": r.table,
                     "metric": r.metric,
-                    "protocol": r.protocol,
+                    "protocol": protocol_title(r.protocol),
                     "workers": NA if workers is None else workers,
                     "data": r.data,
                     "model": r.model,
