@@ -187,7 +187,8 @@ def test_plugin_components_run_beside_the_built_ins_and_a_broken_one_is_named(
         cfg = yaml.safe_load((results / run / "config.yaml").read_text())
         configs[cfg["model"]["name"], cfg["optim"]["name"]] = cfg
     plugin = configs["smallcnn_plugin", "rmsprop_plugin"]
-    assert plugin["model"] == {"name": "smallcnn_plugin", "channels": 8}
+    # its knobs, and what its family says of itself (convolutional: for readers without it)
+    assert plugin["model"] == {"name": "smallcnn_plugin", "channels": 8, "convolutional": True}
     assert plugin["optim"]["alpha"] == 0.9 and plugin["optim"]["lr"] == 0.01
     assert "alpha" not in configs["mlp", "sgd"]["optim"]
     assert configs["mlp", "sgd"]["optim"]["momentum"] == 0.9
