@@ -77,7 +77,7 @@ def test_table_on_real_run_folders_pairs_like_groups_and_marks_toy_scale():
     ref = stats.ttest_ind(ddp, local, equal_var=False).confidence_interval()
     assert frame.measured[0] == f"{100 * (ddp.mean() - local.mean()):+.2f} pp"
     assert frame["95% interval"][0] == f"[{100 * ref.low:+.2f}, {100 * ref.high:+.2f}]"
-    assert frame.n[0] == f"{len(ddp)} vs {len(local)} (localsgd)"
+    assert frame.n[0] == f"{len(ddp)} vs {len(local)} (local SGD)"  # the baseline's title
 
 
 def test_a_claim_without_runs_says_not_run():
