@@ -3,9 +3,12 @@ the next machine with a GPU runs it for real."""
 
 import json
 
+import pytest
+
 from suite.bench import gpu
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_smoke_writes_every_part_of_the_record(tmp_path):
     out = tmp_path / "gpu.json"
     gpu.main(["--smoke", "--out", str(out)])

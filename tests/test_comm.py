@@ -73,6 +73,7 @@ print("gloo threads:", sorted(n for n in names if "gloo" in n))
 """
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the threads from /proc")
 def test_a_rank_started_by_a_scheduler_leaves_no_gloo_thread_behind(tmp_path):
     """A rank in its own interpreter (SLURM task, torchrun) that builds an optimizer after

@@ -35,6 +35,7 @@ def rows(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_tensorboard_scalars_and_hparams_read_back(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

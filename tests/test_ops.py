@@ -62,6 +62,7 @@ def test_a_failed_run_exits_1_a_diverged_one_0_a_refused_one_2(tmp_path):
     assert code == 2 and "exactly one worker" in out, out
 
 
+@pytest.mark.slow  # a real scenario over several seconds: the slow tier (CI runs it)
 def test_a_multirun_finishes_every_point_then_exits_1_if_one_failed(tmp_path):
     env = faulty_plugin(tmp_path / "site")
     code, out = cli(

@@ -40,7 +40,8 @@ def test_report_writes_the_table(tmp_path):
     assert r"\begin{tabular}" in (tmp_path / "tables" / "comm_per_round.tex").read_text()
 
 
-@pytest.mark.parametrize("workers", [2, *(pytest.param(w, marks=pytest.mark.slow) for w in (4, 8))])
+@pytest.mark.slow  # real runs of the paper's model: the slow tier (CI runs it)
+@pytest.mark.parametrize("workers", [2, 4, 8])
 def test_a_real_run_of_the_papers_model_records_the_table_bytes(tmp_path, workers):
     table = comm_per_round((workers,))
     for name in ("localsgd", "resist"):
