@@ -167,7 +167,7 @@ def _figures(results: Results, figs: Path) -> list[Path]:
         written += figures.curves(
             gb,
             "gb",
-            "communicated (GB sent + received on the wire, all ranks)",
+            "communicated (GB, sent + received\non the wire, all ranks)",
             figs,
             "accuracy_vs_communication",
             logx=True,
