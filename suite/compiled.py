@@ -30,14 +30,12 @@ class Compiler:
     """Compiles each module a worker trains once, the first time it trains it."""
 
     def __init__(self) -> None:
-        self._done: set[int] = set()
-        self._kept: list[nn.Module] = []  # holds compiled modules so their ids stay theirs
+        self._compiled: list[nn.Module] = []  # a worker trains one module or a few
 
     def __call__(self, module: nn.Module) -> None:
-        if id(module) not in self._done:
+        if not any(m is module for m in self._compiled):
             compile_in_place(module)
-            self._done.add(id(module))
-            self._kept.append(module)
+            self._compiled.append(module)
 
     @staticmethod
     def graphs() -> int:

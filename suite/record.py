@@ -279,17 +279,15 @@ def code_version() -> dict[str, Any]:
 
 def environment(world_size: int, device: str, threads: int) -> dict[str, Any]:
     """Provenance of a run: code version, library versions, hardware, world size."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    diff = _git("diff", "HEAD", "--binary") if status else None
+    version = code_version()
+    diff = _git("diff", "HEAD", "--binary") if version["git_dirty"] else None
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()
         else []
     )
     return {
-        "git_sha": sha,
-        "git_dirty": bool(status) if status is not None else None,
+        **version,
         # What the uncommitted changes are, so that a resume can tell whether they changed.
         "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "python": sys.version.split()[0],
