@@ -4,7 +4,8 @@ The full model at a given work (default: pre-act ResNet-101 x1/8 on 32x32x3 inpu
 100 classes, batch 128, SGD with momentum, 1 thread), timed for ``--steps`` steps after
 one untimed first step (which, compiled, is the compilation), in each mode:
 
-- ``eager``: the suite's default (channels-last, torch's default SGD);
+- ``eager``: the suite's default (its model and SGD as ``suite.problem.build`` and the
+  optimizer config make them, channels-last);
 - ``nchw``: eager in the contiguous layout;
 - ``compile_model`` / ``compile_blocks``: ``torch.compile`` of the whole network, or
   block by block as ``train.compile`` does (``suite.compiled``);
@@ -36,22 +37,28 @@ def one(mode: str, steps: int, batch: int, size: int, classes: int, threads: int
     import torch.nn.functional as F
 
     from suite.compiled import compile_in_place
-    from suite.models.resnet import preact_resnet
+    from suite.config import RunConfig, TrainConfig
+    from suite.datasources import data_config
+    from suite.problem import build
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     if mode == "flush_denormal":
         torch.set_flush_denormal(True)
-    layout = torch.contiguous_format if mode == "nchw" else torch.channels_last
-    model = preact_resnet(101, classes, 3, 0.125, "batch")
-    model = model.to(memory_format=layout)  # type: ignore[call-overload]
-    opt = torch.optim.SGD(
-        model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=mode == "foreach"
+    # The default model and optimizer as the suite builds them (suite.problem.build:
+    # seeded, channels-last unless ``nchw``), on the shape of the synthetic inputs.
+    cfg = RunConfig(
+        data=data_config("synthetic", num_classes=classes, image_size=size, num_train=batch),
+        train=TrainConfig(channels_last=mode != "nchw"),
     )
+    model = build(cfg, cfg.data.load(), torch.device("cpu"))
+    opt = cfg.optim.build(model.parameters())
+    for group in opt.param_groups:
+        group["foreach"] = mode == "foreach"  # torch's default on CPU: the per-tensor loop
     if mode == "compile_model":
         model.compile()
     elif mode == "compile_blocks":
         compile_in_place(model)
+    layout = torch.contiguous_format if mode == "nchw" else torch.channels_last
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, classes, (batch,))
 
